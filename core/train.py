@@ -1,0 +1,264 @@
+"""Train DRSAN with the paper's recipe (FACTS.md), resumable, on CPU, CUDA or several GPUs.
+
+    python core/train.py --variant 32s --scale 4 --data ../shared/train --out runs/32s_x4 --iters 20000
+
+Random 48x48 LR patches (LR made from HR with the kit's MATLAB-compatible bicubic),
+flips and 90-degree rotations, batch 16, Adam (0.9, 0.999, 1e-8), L1 loss, and
+either the paper's step schedule (2e-4, x0.85 every 2e5 iterations) or a short
+cosine schedule for CPU-sized runs. `runs/<name>/last.pt` is written every
+--save-every iterations; run the same command again to resume exactly where it
+stopped. Several GPUs: `torchrun --nproc_per_node 4 core/train.py ...` (DDP).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from drsan_kit.core.datasets import load_pairs
+from drsan_kit.core.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from drsan_kit.core.images import ImageError, list_images, load_rgb_uint8
+from drsan_kit.core.imresize import imresize
+from drsan_kit.core.metrics import psnr_y
+from drsan_kit.core.model import build_model
+from drsan_kit.core.variants import SCALES, VARIANTS
+
+
+class PatchSampler:
+    """Holds every training image (HR and its bicubic LR) in memory and draws random patch pairs."""
+
+    def __init__(self, folder, scale: int, patch: int, seed: int, log=print):
+        self.scale, self.patch = scale, patch
+        self.pairs, skipped, unreadable = [], 0, 0
+        files = list_images(folder)
+        if not files:
+            raise SystemExit(f"error: no images (png, jpg, bmp, tif, webp) found under {folder}")
+        for path in tqdm(files, desc="loading training images", leave=False, disable=None):
+            try:
+                hr = load_rgb_uint8(path)
+            except ImageError as exc:
+                unreadable += 1
+                log(f"skipped: {exc}")
+                continue
+            h, w = hr.shape[0] // scale, hr.shape[1] // scale
+            if h < patch or w < patch:
+                skipped += 1
+                continue
+            hr = np.ascontiguousarray(hr[: h * scale, : w * scale])
+            self.pairs.append((imresize(hr, 1 / scale), hr))
+        if not self.pairs:
+            raise SystemExit(f"error: no image under {folder} is large enough for {patch}x{patch} LR patches at x{scale}")
+        log(f"training images: {len(self.pairs)} used, {skipped} too small for a {patch}px LR patch at x{scale}, "
+            f"{unreadable} unreadable")
+        # Draw images in proportion to how many patches they hold, so big and small images count fairly.
+        area = np.array([lr.shape[0] * lr.shape[1] for lr, _ in self.pairs], dtype=np.float64)
+        self.weights = area / area.sum()
+        self.rng = np.random.default_rng(seed)
+
+    def batch(self, size: int):
+        lrs, hrs = [], []
+        p, s = self.patch, self.scale
+        for i in self.rng.choice(len(self.pairs), size=size, p=self.weights):
+            lr, hr = self.pairs[i]
+            y = int(self.rng.integers(0, lr.shape[0] - p + 1))
+            x = int(self.rng.integers(0, lr.shape[1] - p + 1))
+            lp, hp = lr[y : y + p, x : x + p], hr[y * s : (y + p) * s, x * s : (x + p) * s]
+            k, flip = int(self.rng.integers(0, 4)), bool(self.rng.integers(0, 2))
+            if flip:
+                lp, hp = lp[:, ::-1], hp[:, ::-1]
+            lrs.append(np.rot90(lp, k))
+            hrs.append(np.rot90(hp, k))
+        to_t = lambda arr: torch.from_numpy(np.stack(arr).transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
+        return to_t(lrs), to_t(hrs)
+
+
+def learning_rate(args, it: int) -> float:
+    if args.schedule == "step":   # the paper: x0.85 every 2e5 iterations
+        return args.lr * (0.85 ** (it // args.step_every))
+    warm = min(1.0, (it + 1) / max(1, args.warmup))
+    progress = min(1.0, it / max(1, args.iters))
+    return args.min_lr + (args.lr - args.min_lr) * 0.5 * (1 + math.cos(math.pi * progress)) * warm
+
+
+@torch.no_grad()
+def validate(model, pairs, scale: int, device) -> float:
+    model.eval()
+    scores = []
+    for pair in pairs:
+        x = torch.from_numpy(pair.lr.transpose(2, 0, 1)[None].astype(np.float32) / 255.0).to(device)
+        sr = model(x).clamp(0, 1)[0].float().cpu().numpy().transpose(1, 2, 0)
+        scores.append(psnr_y(sr, pair.hr, shave=scale, gray=pair.gray))
+    model.train()
+    return float(np.mean(scores))
+
+
+def autocast_dtype(args, device):
+    if args.amp == "off":
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    supported = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    if args.amp == "bf16" and not supported:
+        raise SystemExit("error: --amp bf16 asked for, but this CPU has no fast bf16 support")
+    return torch.bfloat16 if supported else None
+
+
+def init_from(model, path, log):
+    """Copy every tensor of another-scale checkpoint whose name and shape match (all but the upsampler)."""
+    src = read_checkpoint(path)
+    if src["variant"] != model.variant.name:
+        raise SystemExit(f"error: --init-from {path} is DRSAN-{src['variant']}, this run trains {model.variant.name}")
+    own = model.state_dict()
+    taken = {k: v for k, v in src["state_dict"].items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(taken, strict=False)
+    log(f"init from {path} (x{src['scale']}): {len(taken)}/{len(own)} tensors copied")
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description="Train DRSAN (paper recipe; resumable; CPU, CUDA or DDP).")
+    ap.add_argument("--variant", default="32s", choices=list(VARIANTS), help="model variant (default 32s)")
+    ap.add_argument("--scale", type=int, default=4, choices=SCALES, help="upscaling factor (default 4)")
+    ap.add_argument("--data", required=True, help="folder of training images, read recursively (e.g. DIV2K_train_HR)")
+    ap.add_argument("--val", default=None, help="validation set folder with HR/ (and LR_bicubic/X<s>/), e.g. ../shared/benchmarks/Set5")
+    ap.add_argument("--out", required=True, help="run folder: last.pt (resume state), model.pt, log.csv")
+    ap.add_argument("--iters", type=int, default=20000, help="total training iterations")
+    ap.add_argument("--batch", type=int, default=16, help="patches per iteration (per GPU under DDP)")
+    ap.add_argument("--patch", type=int, default=48, help="LR patch size in pixels")
+    ap.add_argument("--lr", type=float, default=2e-4, help="initial learning rate (paper: 2e-4)")
+    ap.add_argument("--schedule", choices=["step", "cosine"], default="step",
+                    help="step: the paper's x0.85 every --step-every; cosine: warm-up then cosine to --min-lr")
+    ap.add_argument("--step-every", type=int, default=200_000)
+    ap.add_argument("--warmup", type=int, default=500)
+    ap.add_argument("--min-lr", type=float, default=1e-6)
+    ap.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
+                    help="mixed precision: auto uses bf16 where the CPU/GPU supports it")
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    ap.add_argument("--init-from", default=None, help="checkpoint of another scale to start the body from")
+    ap.add_argument("--save-every", type=int, default=250, help="write last.pt every N iterations")
+    ap.add_argument("--val-every", type=int, default=1000, help="validate and write model.pt every N iterations")
+    ap.add_argument("--seed", type=int, default=0)
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    rank = int(os.environ.get("RANK", "0"))
+    if ddp:
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    log = print if rank == 0 else (lambda *a, **k: None)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    model = build_model(args.variant, args.scale)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
+    state = {"iteration": 0, "seconds": 0.0, "best_val": None}
+    resume = out / "last.pt"
+    sampler = PatchSampler(args.data, args.scale, args.patch, seed=args.seed + rank, log=log)
+    if resume.is_file():
+        _, blob = load_checkpoint(resume, args.variant, args.scale)
+        model.load_state_dict(blob["state_dict"])
+        ts = blob["train_state"]
+        opt.load_state_dict(ts["optimizer"])
+        state = ts["state"]
+        sampler.rng.bit_generator.state = ts["sampler_rng"]
+        torch.set_rng_state(ts["torch_rng"])
+        random.setstate(ts["python_rng"])
+        log(f"resumed from {resume} at iteration {state['iteration']}")
+    elif args.init_from:
+        init_from(model, args.init_from, log)
+    model.to(device).train()
+    net = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
+    amp = autocast_dtype(args, device)
+    val_pairs = load_pairs(args.val, args.scale) if args.val and rank == 0 else []
+    log(f"DRSAN-{args.variant} x{args.scale} on {device}, amp={amp}, threads={torch.get_num_threads()}, "
+        f"iterations {state['iteration']}->{args.iters}")
+
+    def meta():
+        return {"training": {
+            "iterations": state["iteration"], "hours": round(state["seconds"] / 3600, 3),
+            "data": str(args.data), "batch": args.batch, "patch": args.patch, "lr": args.lr,
+            "schedule": args.schedule, "amp": str(amp), "device": str(device),
+            "machine": f"{platform.machine()} {os.cpu_count()} cores", "init_from": args.init_from,
+            "command": "python core/train.py " + " ".join(sys.argv[1:]) if argv is None else "main(" + repr(argv) + ")",
+        }, "validation": {"set": str(args.val), "psnr_y": state["best_val"], "convention": "authors"}}
+
+    def save_all():
+        if rank != 0:
+            return
+        save_checkpoint(resume, model, meta(), train_state={
+            "optimizer": opt.state_dict(), "state": state, "sampler_rng": sampler.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(), "args": vars(args)})
+
+    log_path = out / "log.csv"
+    new_log = not log_path.exists()
+    with open(log_path, "a", newline="") as fh:
+        writer = csv.writer(fh)
+        if new_log:
+            writer.writerow(["iteration", "loss", "lr", "seconds", "val_psnr"])
+        bar = tqdm(total=args.iters, initial=state["iteration"], disable=rank != 0, mininterval=5,
+                   desc=f"train {args.variant} x{args.scale}")
+        loss_acc, n_acc, t0 = 0.0, 0, time.time()
+        while state["iteration"] < args.iters:
+            it = state["iteration"]
+            lr_now = learning_rate(args, it)
+            for g in opt.param_groups:
+                g["lr"] = lr_now
+            lr_b, hr_b = (t.to(device, non_blocking=True) for t in sampler.batch(args.batch))
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                loss = F.l1_loss(net(lr_b).float(), hr_b)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            state["iteration"] = it + 1
+            loss_acc += loss.item()
+            n_acc += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr_now:.2e}", refresh=False)
+            done = state["iteration"]
+            val = None
+            if val_pairs and (done % args.val_every == 0 or done == args.iters):
+                val = validate(model, val_pairs, args.scale, device)
+                if state["best_val"] is None or val > state["best_val"]:
+                    state["best_val"] = val
+                log(f"\niteration {done}: validation PSNR(Y) {val:.3f} dB (best {state['best_val']:.3f})")
+            if done % 100 == 0 or val is not None or done == args.iters:
+                now = time.time()
+                state["seconds"] += now - t0
+                t0 = now
+                if rank == 0:
+                    writer.writerow([done, round(loss_acc / max(1, n_acc), 6), lr_now, round(state["seconds"], 1),
+                                     "" if val is None else round(val, 4)])
+                    fh.flush()
+                loss_acc, n_acc = 0.0, 0
+            if done % args.save_every == 0 or done == args.iters:
+                save_all()
+            if rank == 0 and (val is not None or done == args.iters):
+                save_checkpoint(out / "model.pt", model, meta())
+        bar.close()
+    log(f"done: {out / 'model.pt'} ({state['iteration']} iterations, {state['seconds'] / 3600:.2f} h)")
+    if ddp:
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

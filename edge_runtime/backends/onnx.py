@@ -1,0 +1,31 @@
+"""ONNX Runtime backend (CPU)."""
+from __future__ import annotations
+
+import numpy as np
+
+from drsan_kit.edge_runtime.backends import BackendError
+from drsan_kit.edge_runtime.backends.common import check_io_shapes
+
+
+class OnnxBackend:
+    def __init__(self, path, threads: int = 0, scale: int | None = None):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise BackendError(f"{path}: cannot load as an ONNX model ({str(exc).splitlines()[0][:200]})") from None
+        inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
+        self.input_name = inp.name
+        # NCHW, as exported; symbolic dims are strings.
+        self.input_hw, self.scale = check_io_shapes(path, inp.shape, out.shape, layout="NCHW", scale=scale)
+        self.precision = "fp32"
+        self.name = "onnxruntime"
+
+    def __call__(self, tile: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(tile.transpose(2, 0, 1)[None], dtype=np.float32)
+        y = self.session.run(None, {self.input_name: x})[0]
+        return y[0].transpose(1, 2, 0)

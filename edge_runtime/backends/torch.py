@@ -1,0 +1,30 @@
+"""The PyTorch reference backend (FP32; CUDA when present)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from drsan_kit.core.checkpoint import load_checkpoint, resolve_weights
+
+
+class TorchBackend:
+    def __init__(self, weights=None, variant: str = "32s", scale: int = 4, model=None, device: str | None = None,
+                 threads: int = 0):
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if model is None:
+            self.weights = resolve_weights(weights, variant, scale)
+            model, _ = load_checkpoint(self.weights, variant, scale)
+        self.model = model.to(self.device).eval()
+        self.scale = model.scale
+        self.variant = model.variant.name
+        self.input_hw = None
+        self.precision = "fp32"
+        self.name = f"torch-{self.device.type}"
+
+    @torch.inference_mode()
+    def __call__(self, tile: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(tile.transpose(2, 0, 1)))[None].to(self.device)
+        y = self.model(x).clamp_(0.0, 1.0)
+        return y[0].permute(1, 2, 0).float().cpu().numpy()

@@ -1,0 +1,67 @@
+"""The manifest that the converters write beside their artifacts (plain JSON, no torch).
+
+    <out>/manifest.json = {"model": {variant, scale, checkpoint, ...},
+                           "artifacts": [{"file": "drsan_32s_x4_int8.tflite", "format": "tflite",
+                                          "precision": "int8", "tile": [h, w], "sha256": ..., "check": {...}}, ...]}
+
+The runtime and the drift harness read it before guessing anything from shapes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+MANIFEST_NAME = "manifest.json"
+
+
+def sha256(path) -> str:
+    path = Path(path)
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:   # an .mlpackage is a folder: hash its files in a stable order
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def read_manifest(folder) -> dict | None:
+    path = Path(folder) / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: unreadable manifest ({exc})") from None
+
+
+def artifact_entry(artifact) -> tuple[dict, dict] | None:
+    """(model section, artifact entry) for an artifact file, from the manifest beside it, or None."""
+    artifact = Path(artifact)
+    manifest = read_manifest(artifact.parent)
+    if manifest is None:
+        return None
+    for entry in manifest.get("artifacts", []):
+        if entry.get("file") == artifact.name:
+            return manifest.get("model", {}), entry
+    return None
+
+
+def update_manifest(folder, model: dict, entries: list[dict]) -> Path:
+    """Merge entries (by file name) into folder/manifest.json, written atomically."""
+    folder = Path(folder)
+    manifest = read_manifest(folder) or {}
+    if manifest.get("model") and (manifest["model"].get("variant"), manifest["model"].get("scale")) != (
+            model.get("variant"), model.get("scale")):
+        manifest = {}   # a different model: its old entries would describe other weights
+    manifest["model"] = model
+    kept = [e for e in manifest.get("artifacts", []) if e["file"] not in {n["file"] for n in entries}]
+    manifest["artifacts"] = sorted(kept + entries, key=lambda e: e["file"])
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".manifest.", suffix=".part")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(manifest, fh, indent=2)
+    os.replace(tmp, folder / MANIFEST_NAME)
+    return folder / MANIFEST_NAME

@@ -1,0 +1,106 @@
+"""PSNR/SSIM of a DRSAN checkpoint on benchmark sets, beside the paper and the bicubic floor.
+
+    python eval/benchmark.py --variant 32s --scale 4 [--weights W] [--data DIR] [--json]
+
+DIR holds sets in the usual layout (SET/HR, SET/LR_bicubic/X<s>); LR missing from
+a set is made with the kit's MATLAB-compatible bicubic. Protocol (FACTS.md): clip
+and round to 8 bit, Y of BT.601, shave `scale` pixels, mean PSNR per set.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from drsan_kit.core.datasets import Pair, find_sets, load_pairs
+from drsan_kit.core.imresize import imresize
+from drsan_kit.core.metrics import CONVENTIONS, psnr_y, ssim_y
+from drsan_kit.core.variants import BICUBIC_PUBLISHED, PAPER_RESULTS, SCALES, VARIANTS
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = REPO.parent / "shared" / "benchmarks"
+
+
+def score(sr: np.ndarray, pair: Pair, scale: int, convention: str) -> tuple[float, float]:
+    return (psnr_y(sr, pair.hr, scale, convention, pair.gray), ssim_y(sr, pair.hr, scale, convention, pair.gray))
+
+
+def bicubic_floor(pairs: list[Pair], scale: int) -> tuple[float, float]:
+    """Bicubic upscaling under the MATLAB convention, the one the published floor uses."""
+    res = [score(imresize(p.lr, scale), p, scale, "matlab") for p in pairs]
+    return float(np.mean([r[0] for r in res])), float(np.mean([r[1] for r in res]))
+
+
+def data_dir_or_exit(data) -> Path:
+    path = Path(data) if data else DEFAULT_DATA
+    if not path.is_dir():
+        sys.exit(f"error: benchmark folder {path} not found; pass --data DIR (sets with HR/ inside)")
+    sets = find_sets(path)
+    if not sets:
+        sys.exit(f"error: no benchmark set (a folder with HR/ inside) under {path}")
+    return path
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description="Evaluate a DRSAN checkpoint on SR benchmark sets (PSNR/SSIM on Y).")
+    ap.add_argument("--variant", default="32s", choices=list(VARIANTS), help="model variant (default 32s)")
+    ap.add_argument("--scale", type=int, default=4, choices=SCALES, help="upscaling factor (default 4)")
+    ap.add_argument("--weights", default=None, help="checkpoint (default: the shipped weights/drsan_<variant>_x<scale>.pt)")
+    ap.add_argument("--data", default=None, help=f"folder of sets (default {DEFAULT_DATA})")
+    ap.add_argument("--tile", type=int, default=0, help="run in tiles of this many LR pixels (0: whole image, as the paper)")
+    ap.add_argument("--convention", choices=CONVENTIONS, default="authors",
+                    help="Y convention: authors (float Y, the paper's DRSAN numbers) or matlab (rounded Y)")
+    ap.add_argument("--no-bicubic", action="store_true", help="skip computing the bicubic floor")
+    ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    data = data_dir_or_exit(args.data)
+    from drsan_kit.core.checkpoint import CheckpointError
+    from drsan_kit.edge_runtime.backends import open_backend
+    from drsan_kit.edge_runtime.tiler import Tiler
+
+    try:
+        backend = open_backend("torch", args.weights, variant=args.variant, scale=args.scale)
+    except CheckpointError as exc:
+        sys.exit(f"error: {exc}")
+    tiler = Tiler(args.scale, (args.tile, args.tile) if args.tile else None)
+    paper = PAPER_RESULTS.get((args.variant, args.scale), {})
+    report = {"variant": args.variant, "scale": args.scale, "weights": str(backend.weights),
+              "convention": args.convention, "tile": args.tile or None, "device": backend.name, "sets": {}}
+    for set_dir in find_sets(data):
+        pairs = load_pairs(set_dir, args.scale)
+        scores = []
+        for p in tqdm(pairs, desc=set_dir.name, leave=False, disable=None):
+            sr = tiler.run(p.lr.astype(np.float32) / 255.0, backend)
+            scores.append(score(sr, p, args.scale, args.convention))
+        entry = {"images": len(pairs), "psnr": float(np.mean([s[0] for s in scores])),
+                 "ssim": float(np.mean([s[1] for s in scores]))}
+        if set_dir.name in paper:
+            entry["paper"] = {"psnr": paper[set_dir.name][0], "ssim": paper[set_dir.name][1]}
+        if not args.no_bicubic:
+            bp, bs = bicubic_floor(pairs, args.scale)
+            entry["bicubic"] = {"psnr": bp, "ssim": bs}
+        report["sets"][set_dir.name] = entry
+    print(json.dumps(report, indent=2) if args.json else format_table(report))
+
+
+def format_table(report: dict) -> str:
+    lines = [f"DRSAN-{report['variant']} x{report['scale']}  weights={report['weights']}  "
+             f"Y convention={report['convention']}  device={report['device']}",
+             f"{'set':<8} {'images':>6}  {'PSNR':>7} {'SSIM':>7}   {'paper':>15}   {'bicubic (matlab Y)':>18}"]
+    for name, e in report["sets"].items():
+        paper = f"{e['paper']['psnr']:.2f} / {e['paper']['ssim']:.4f}" if "paper" in e else "-"
+        bic = f"{e['bicubic']['psnr']:.2f} / {e['bicubic']['ssim']:.4f}" if "bicubic" in e else "-"
+        lines.append(f"{name:<8} {e['images']:>6}  {e['psnr']:7.2f} {e['ssim']:7.4f}   {paper:>15}   {bic:>18}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
