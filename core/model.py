@@ -70,12 +70,30 @@ class DRAG(nn.Module):
         return self.fuse(torch.cat(feats, dim=1))
 
 
-def pixel_shuffle_dcr(x, s: int):
-    """Depth-to-space in TensorFlow's DCR channel order (TFLite's native DEPTH_TO_SPACE)."""
+def _dcr_eager(x, s: int):
     b, c, h, w = x.shape
     c_out = c // (s * s)
     x = x.reshape(b, s, s, c_out, h, w).permute(0, 3, 4, 1, 5, 2)
     return x.reshape(b, c_out, h * s, w * s)
+
+
+class _DepthToSpaceDCR(torch.autograd.Function):
+    """Exports as one ONNX DepthToSpace(mode=DCR) node instead of reshape/transpose."""
+
+    @staticmethod
+    def forward(ctx, x, s):
+        return _dcr_eager(x, s)
+
+    @staticmethod
+    def symbolic(g, x, s):
+        return g.op("DepthToSpace", x, blocksize_i=s, mode_s="DCR")
+
+
+def pixel_shuffle_dcr(x, s: int):
+    """Depth-to-space in TensorFlow's DCR channel order (TFLite's native DEPTH_TO_SPACE)."""
+    if torch.onnx.is_in_onnx_export():
+        return _DepthToSpaceDCR.apply(x, s)
+    return _dcr_eager(x, s)
 
 
 class Upsampler(nn.Module):

@@ -1,11 +1,14 @@
 """Shape checks every backend shares: is this file a model of this kit?"""
 from __future__ import annotations
 
+import numbers
+
 from drsan_kit.edge_runtime.backends import BackendError
 
 
 def _dim(d):
-    return d if isinstance(d, int) and d > 0 else None
+    """A static size as int, or None for a symbolic/unknown one ("height", -1, None)."""
+    return int(d) if isinstance(d, numbers.Integral) and d > 0 else None
 
 
 def check_io_shapes(path, in_shape, out_shape, layout: str, scale: int | None = None):

@@ -1,0 +1,193 @@
+"""What every converter shares: flags, the reference model, sample images, the
+"check the artifact against the reference" step, and the manifest writer.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from drsan_kit.core.variants import SCALES, VARIANTS
+from drsan_kit.edge_runtime.manifest import sha256, update_manifest
+from drsan_kit.edge_runtime.tiler import pad_to
+
+DEFAULT_TILE = (192, 336)   # LR (h, w): a 1280x720 frame is 4x4 windows with 8-px margins
+DEFAULT_OUT = Path("artifacts")
+
+# PSNR(artifact, FP32 PyTorch) in dB on RGB [0, 1], and max abs error, that a check must meet.
+TOLERANCE = {
+    "fp32": {"min_psnr": 60.0, "max_abs": 2e-3},
+    "fp16": {"min_psnr": 42.0, "max_abs": 0.05},
+    "int16x8": {"min_psnr": 38.0, "max_abs": 0.1},
+    "int8": {"min_psnr": 28.0, "max_abs": 0.5},
+}
+
+
+class ConversionError(RuntimeError):
+    """One-line reason a conversion or its check failed."""
+
+
+def fail(msg: str, code: int = 2):
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(code)
+
+
+def parse_tile(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"tile must look like HxW, e.g. 192x336, not {text!r}") from None
+    if h < 8 or w < 8:
+        raise argparse.ArgumentTypeError(f"tile {text} is too small; use at least 8x8 LR pixels")
+    return h, w
+
+
+def add_model_args(ap: argparse.ArgumentParser):
+    ap.add_argument("--variant", default="32s", choices=list(VARIANTS), help="model variant (default 32s)")
+    ap.add_argument("--scale", type=int, default=4, choices=SCALES, help="upscaling factor (default 4)")
+    ap.add_argument("--weights", default=None,
+                    help="checkpoint to convert (default: the shipped weights/drsan_<variant>_x<scale>.pt)")
+    ap.add_argument("--tile", type=parse_tile, default=DEFAULT_TILE,
+                    help=f"fixed LR input shape HxW of the artifact (default {DEFAULT_TILE[0]}x{DEFAULT_TILE[1]})")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default ./artifacts)")
+    ap.add_argument("--check-images", type=int, default=4, help="image crops used by the artifact check (default 4)")
+
+
+def prepare_out(out: Path) -> Path:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConversionError(f"cannot write to output folder {out} ({exc.strerror or exc})") from None
+    return out
+
+
+def load_reference(args):
+    """(the FP32 checkpoint model, the checkpoint blob, its path); errors become ConversionError."""
+    from drsan_kit.core.checkpoint import CheckpointError, load_checkpoint, resolve_weights
+
+    try:
+        path = resolve_weights(args.weights, args.variant, args.scale)
+        model, blob = load_checkpoint(path, args.variant, args.scale)
+    except CheckpointError as exc:
+        raise ConversionError(str(exc)) from None
+    return model, blob, path
+
+
+def sample_images(folder=None) -> tuple[list[np.ndarray], str]:
+    """Real photographs as uint8 RGB: a user's folder, or the ones scikit-image ships (offline)."""
+    if folder:
+        from drsan_kit.core.images import ImageError, list_images, load_rgb_uint8
+
+        files = list_images(folder)
+        if not files:
+            raise ConversionError(f"no images (png, jpg, bmp, tif, webp) under {folder}")
+        images = []
+        for f in files:
+            try:
+                images.append(load_rgb_uint8(f))
+            except ImageError as exc:
+                print(f"skipped: {exc}", file=sys.stderr)
+        if not images:
+            raise ConversionError(f"no readable image under {folder}")
+        return images, f"{len(images)} images from {folder}"
+    import skimage.data as data
+
+    names = ["astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "retina",
+             "colorwheel"]
+    return [np.ascontiguousarray(getattr(data, n)()[..., :3]) for n in names], \
+        "scikit-image sample photographs: " + ", ".join(names)
+
+
+def random_crops(images: list[np.ndarray], tile: tuple[int, int], n: int, seed: int = 0) -> np.ndarray:
+    """n crops of tile size (reflection-padded where an image is smaller): (n, h, w, 3) float32 in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    th, tw = tile
+    out = np.empty((n, th, tw, 3), np.float32)
+    for k in range(n):
+        img = images[k % len(images)]
+        y = int(rng.integers(0, max(1, img.shape[0] - th + 1)))
+        x = int(rng.integers(0, max(1, img.shape[1] - tw + 1)))
+        crop = img[y : y + th, x : x + tw].astype(np.float32) / 255.0
+        out[k] = pad_to(crop, th, tw)
+    return out
+
+
+def reference_outputs(model, inputs: np.ndarray) -> np.ndarray:
+    """FP32 PyTorch outputs (N, H*s, W*s, 3) for NHWC inputs, clamped like the exported graph."""
+    import torch
+
+    with torch.inference_mode():
+        x = torch.from_numpy(inputs.transpose(0, 3, 1, 2).copy())
+        return np.concatenate([model(x[i : i + 1]).clamp(0, 1).permute(0, 2, 3, 1).numpy() for i in range(len(x))])
+
+
+def compare(outputs: np.ndarray, reference: np.ndarray) -> dict:
+    """Fidelity of an artifact's outputs to the reference: worst-case PSNR (dB, RGB [0, 1]) and max abs error."""
+    from drsan_kit.core.metrics import psnr
+
+    per = [psnr(o, r, data_range=1.0) for o, r in zip(outputs, reference)]
+    return {"psnr_vs_reference_db": round(float(min(per)), 3), "mean_psnr_vs_reference_db": round(float(np.mean(per)), 3),
+            "max_abs_error": round(float(np.max(np.abs(outputs - reference))), 6), "images": len(per)}
+
+
+def enforce(check: dict, precision: str, label: str) -> dict:
+    tol = TOLERANCE[precision]
+    ok = check["psnr_vs_reference_db"] >= tol["min_psnr"] and check["max_abs_error"] <= tol["max_abs"]
+    check.update({"tolerance": tol, "passed": bool(ok)})
+    print(f"  check {label}: PSNR vs FP32 PyTorch {check['psnr_vs_reference_db']:.2f} dB (worst of {check['images']}), "
+          f"max abs error {check['max_abs_error']:.5f}  [{'ok' if ok else 'FAILED'}: needs >= {tol['min_psnr']} dB, "
+          f"<= {tol['max_abs']}]")
+    if not ok:
+        raise ConversionError(f"{label} is outside the {precision} tolerance "
+                              f"({check['psnr_vs_reference_db']:.2f} dB < {tol['min_psnr']} dB or "
+                              f"max abs {check['max_abs_error']:.4f} > {tol['max_abs']})")
+    return check
+
+
+def tool_versions(*names: str) -> dict:
+    out = {"python": platform.python_version()}
+    for n in names:
+        try:
+            out[n] = importlib.metadata.version(n)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def model_section(args, blob: dict, weights: Path) -> dict:
+    return {"variant": args.variant, "scale": args.scale, "checkpoint": str(weights),
+            "checkpoint_sha256": sha256(weights), "checkpoint_meta": blob.get("meta", {}),
+            "input": "RGB float in [0, 1] (mean 0, std 1); NCHW for ONNX, NHWC for TFLite",
+            "output": "RGB in [0, 1], clamped in the graph", "upsampler": "depth-to-space DCR"}
+
+
+def artifact_record(path: Path, fmt: str, precision: str, tile, dynamic: bool, check: dict, **extra) -> dict:
+    rec = {"file": path.name, "format": fmt, "precision": precision, "tile": None if dynamic else list(tile),
+           "dynamic_shape": dynamic, "sha256": sha256(path), "check": check}
+    rec["size_bytes"] = (sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir()
+                         else path.stat().st_size)
+    rec.update(extra)
+    return rec
+
+
+def write_manifest(out: Path, args, blob, weights, records: list[dict]) -> Path:
+    path = update_manifest(out, model_section(args, blob, weights), records)
+    print(f"manifest: {path}")
+    return path
+
+
+def run_cli(main_fn):
+    """Turn ConversionError and Ctrl-C into one-line errors with a non-zero exit."""
+    try:
+        main_fn()
+    except ConversionError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted", 130)

@@ -1,0 +1,63 @@
+"""PyTorch -> ONNX, the first step of every converter.
+
+The exported graph differs from the training model in two ways, both exact:
+- pixel shuffle runs in DCR order (one native DepthToSpace in TFLite rather than
+  reshape/transpose): the upsampler convs' output channels are permuted so that
+  the result equals PyTorch's CRD pixel_shuffle;
+- the output is clamped to [0, 1] inside the graph.
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+from pathlib import Path
+
+import torch
+
+from drsan_kit.core.model import DRSAN
+
+
+def crd_to_dcr_permutation(channels_out: int, s: int) -> torch.Tensor:
+    """perm[k_dcr] = k_crd for the conv feeding a depth-to-space of block s."""
+    c = channels_out
+    perm = torch.empty(c * s * s, dtype=torch.long)
+    for i in range(s):
+        for j in range(s):
+            for ch in range(c):
+                perm[(i * s + j) * c + ch] = ch * s * s + i * s + j
+    return perm
+
+
+def to_dcr(model: DRSAN) -> DRSAN:
+    """A copy of the model whose upsampler uses DCR depth-to-space, with the same outputs."""
+    if model.upsample_order == "dcr":
+        return copy.deepcopy(model)
+    out = copy.deepcopy(model)
+    for conv, s in zip(out.upsampler.convs, out.upsampler.factors):
+        perm = crd_to_dcr_permutation(conv.out_channels // (s * s), s)
+        with torch.no_grad():
+            conv.weight.copy_(conv.weight[perm])
+            conv.bias.copy_(conv.bias[perm])
+    out.upsampler.order = "dcr"
+    return out
+
+
+def deploy_model(model: DRSAN) -> DRSAN:
+    """The graph that converters export: DCR upsampler, output clamped to [0, 1], eval mode, on the CPU."""
+    m = to_dcr(model).cpu().eval()
+    m.clamp = True
+    return m
+
+
+def export_onnx(model: DRSAN, path, tile: tuple[int, int], dynamic: bool = False, opset: int = 17) -> Path:
+    """Write model (already through deploy_model) to ONNX: input "lr" (1,3,h,w) -> output "sr"."""
+    path = Path(path)
+    x = torch.rand(1, 3, *tile)
+    axes = {"lr": {2: "height", 3: "width"}, "sr": {2: "out_height", 3: "out_width"}} if dynamic else None
+    tmp = path.with_name(f".{path.name}.part")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # the TorchScript exporter's deprecation notice
+        torch.onnx.export(model, (x,), str(tmp), input_names=["lr"], output_names=["sr"], opset_version=opset,
+                          dynamic_axes=axes, dynamo=False, do_constant_folding=True)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,49 @@
+"""Export a DRSAN checkpoint to ONNX, checked with ONNX Runtime against PyTorch.
+
+    python converters/to_onnx.py --variant 32s --scale 4 [--tile 192x336] [--dynamic] [--out artifacts]
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from drsan_kit.converters import common
+from drsan_kit.converters.export import deploy_model, export_onnx
+
+
+def convert_onnx(model, tile, out: Path, name: str, dynamic: bool, crops, reference) -> dict:
+    """Export, run with ONNX Runtime on the check crops, enforce the fp32 tolerance; returns the manifest record."""
+    from drsan_kit.edge_runtime.backends.onnx import OnnxBackend
+
+    path = export_onnx(deploy_model(model), out / name, tile, dynamic=dynamic)
+    backend = OnnxBackend(path, scale=model.scale)
+    outputs = [backend(c) for c in crops]
+    import numpy as np
+
+    check = common.enforce(common.compare(np.stack(outputs), reference), "fp32", path.name)
+    return common.artifact_record(path, "onnx", "fp32", tile, dynamic, check, opset=17,
+                                  runtime="onnxruntime CPU")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Export DRSAN to ONNX (DCR depth-to-space, output clamped), "
+                                             "checked with ONNX Runtime against PyTorch.")
+    common.add_model_args(ap)
+    ap.add_argument("--dynamic", action="store_true", help="dynamic height/width instead of the fixed --tile")
+    args = ap.parse_args(argv)
+    out = common.prepare_out(args.out)
+    model, blob, weights = common.load_reference(args)
+    images, desc = common.sample_images()
+    crops = common.random_crops(images, args.tile, args.check_images)
+    reference = common.reference_outputs(model, crops)
+    suffix = "dynamic" if args.dynamic else f"{args.tile[0]}x{args.tile[1]}"
+    name = f"drsan_{args.variant}_x{args.scale}_{suffix}.onnx"
+    print(f"exporting DRSAN-{args.variant} x{args.scale} from {weights}")
+    rec = convert_onnx(model, args.tile, out, name, args.dynamic, crops, reference)
+    rec["check"]["images_from"] = desc
+    common.write_manifest(out, args, blob, weights, [rec])
+    print(f"wrote {out / name}")
+
+
+if __name__ == "__main__":
+    common.run_cli(main)

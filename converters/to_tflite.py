@@ -1,0 +1,182 @@
+"""DRSAN checkpoint -> ONNX -> (onnx2tf) TensorFlow SavedModel -> TFLite fp32/fp16/int8/int16x8.
+
+    python converters/to_tflite.py --variant 32s --scale 4 --quant all [--tile 192x336] [--calib DIR] [--out artifacts]
+
+Every file is run with the TFLite interpreter (XNNPACK) on real image crops and
+compared with the FP32 PyTorch model before it is reported; a file outside its
+precision's tolerance fails the run (exit 2). A manifest.json describes them all.
+
+Quantization modes:
+  fp32      float model
+  fp16      fp16 weights, fp32 inputs/outputs (dequantized at load)
+  int8      full-integer int8 (per-channel weights), float32 input/output
+  int8_io   full-integer int8 with int8 input/output tensors
+  int16x8   int16 activations, int8 weights, float32 input/output
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from drsan_kit.converters import common
+from drsan_kit.converters.export import deploy_model, export_onnx
+
+QUANT_MODES = ("fp32", "fp16", "int8", "int8_io", "int16x8")
+CHECK_PRECISION = {"fp32": "fp32", "fp16": "fp16", "int8": "int8", "int8_io": "int8", "int16x8": "int16x8"}
+
+
+def parse_quant(text: str) -> list[str]:
+    modes = list(QUANT_MODES) if text == "all" else [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in modes if m not in QUANT_MODES]
+    if bad or not modes:
+        raise argparse.ArgumentTypeError(f"unknown quantization {','.join(bad) or text!r}; "
+                                         f"choose from {', '.join(QUANT_MODES)} or all")
+    return modes
+
+
+@contextlib.contextmanager
+def quiet(enabled: bool = True):
+    """Silence TensorFlow's and onnx2tf's chatter (C++ logs go to fd 2) unless --verbose."""
+    if not enabled:
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(2), os.dup(1)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+        os.dup2(null.fileno(), 1)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                yield
+        finally:
+            os.dup2(saved[0], 2)
+            os.dup2(saved[1], 1)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def onnx_to_saved_model(onnx_path: Path, workdir: Path, sample: np.ndarray, verbose: bool) -> Path:
+    """onnx2tf's TensorFlow path; its self-check data is our own sample crops, never a download."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import onnx2tf
+    import onnx2tf.onnx2tf as o2t_module
+
+    # onnx2tf fetches a sample-image file from the internet to test image-shaped models; give it ours.
+    o2t_module.download_test_image_data = lambda: sample
+    out = workdir / "saved_model"
+    with quiet(not verbose):
+        onnx2tf.convert(input_onnx_file_path=str(onnx_path), output_folder_path=str(out),
+                        copy_onnx_input_output_names_to_tflite=True, output_signaturedefs=True,
+                        non_verbose=not verbose)
+    if not (out / "saved_model.pb").is_file():
+        raise common.ConversionError(f"onnx2tf produced no SavedModel from {onnx_path}")
+    return out
+
+
+def convert_mode(saved_model: Path, mode: str, calib: np.ndarray, verbose: bool) -> bytes:
+    import tensorflow as tf
+    from tqdm import tqdm
+
+    conv = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    if mode == "fp16":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.target_spec.supported_types = [tf.float16]
+    elif mode in ("int8", "int8_io", "int16x8"):
+        def representative():
+            for x in tqdm(calib, desc=f"calibrating {mode}", leave=False, disable=None):
+                yield [x[None]]
+
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = representative
+        if mode == "int16x8":
+            conv.target_spec.supported_ops = [
+                tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+        else:
+            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if mode == "int8_io":
+            conv.inference_input_type = tf.int8
+            conv.inference_output_type = tf.int8
+    with quiet(not verbose):
+        return conv.convert()
+
+
+def check_tflite(path: Path, mode: str, crops: np.ndarray, reference: np.ndarray, threads: int) -> dict:
+    from drsan_kit.edge_runtime.backends.tflite import TFLiteBackend
+
+    backend = TFLiteBackend(path, threads=threads)
+    outputs = np.stack([backend(c) for c in crops])
+    return common.enforce(common.compare(outputs, reference), CHECK_PRECISION[mode], path.name)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(
+        description="Convert DRSAN to TFLite (via ONNX and onnx2tf) in fp32, fp16, int8 and int16x8, "
+                    "each checked with the TFLite interpreter against PyTorch.")
+    common.add_model_args(ap)
+    ap.add_argument("--quant", type=parse_quant, default=list(QUANT_MODES),
+                    help="comma-separated: fp32,fp16,int8,int8_io,int16x8, or all (default all)")
+    ap.add_argument("--calib", default=None,
+                    help="folder of images for int8/int16 calibration, random crops at the tile size "
+                         "(default: photographs shipped with scikit-image); inputs are RGB in [0, 1], "
+                         "mean 0, std 1, no ImageNet statistics")
+    ap.add_argument("--calib-count", type=int, default=32, help="calibration crops (default 32)")
+    ap.add_argument("--threads", type=int, default=0, help="interpreter threads for the check")
+    ap.add_argument("--keep-saved-model", action="store_true", help="keep onnx2tf's SavedModel in --out")
+    ap.add_argument("--verbose", action="store_true", help="show onnx2tf and TensorFlow output")
+    args = ap.parse_args(argv)
+    out = common.prepare_out(args.out)
+    model, blob, weights = common.load_reference(args)
+    check_images, check_desc = common.sample_images()
+    calib_images, calib_desc = common.sample_images(args.calib)
+    crops = common.random_crops(check_images, args.tile, args.check_images, seed=1)
+    calib = common.random_crops(calib_images, args.tile, args.calib_count, seed=2)
+    reference = common.reference_outputs(model, crops)
+    stem = f"drsan_{args.variant}_x{args.scale}_{args.tile[0]}x{args.tile[1]}"
+    print(f"converting DRSAN-{args.variant} x{args.scale} from {weights}, tile {args.tile[0]}x{args.tile[1]}")
+    records = []
+    with tempfile.TemporaryDirectory(prefix="drsan-tflite-") as tmp:
+        tmp = Path(tmp)
+        t0 = time.time()
+        onnx_path = export_onnx(deploy_model(model), tmp / f"{stem}.onnx", args.tile)
+        saved = onnx_to_saved_model(onnx_path, tmp, common.random_crops(check_images, args.tile, 4, seed=3),
+                                    args.verbose)
+        print(f"  onnx2tf: SavedModel in {time.time() - t0:.0f} s")
+        for mode in args.quant:
+            t0 = time.time()
+            try:
+                blob_bytes = convert_mode(saved, mode, calib, args.verbose)
+            except Exception as exc:   # TensorFlow raises many kinds; one line is enough for the user
+                raise common.ConversionError(f"TFLite {mode} conversion failed: {str(exc).splitlines()[0][:300]}")
+            staged = tmp / f"{stem}_{mode}.tflite"
+            staged.write_bytes(blob_bytes)
+            print(f"  {mode}: converted in {time.time() - t0:.0f} s, {len(blob_bytes) / 1e6:.2f} MB")
+            check = check_tflite(staged, mode, crops, reference, args.threads)
+            check["images_from"] = check_desc
+            final = out / staged.name
+            shutil.move(staged, final)   # only checked files reach --out
+            records.append(common.artifact_record(
+                final, "tflite", mode, args.tile, False, check,
+                io="int8" if mode == "int8_io" else "float32",
+                calibration=calib_desc + f" ({args.calib_count} random {args.tile[0]}x{args.tile[1]} crops)"
+                if mode.startswith("int") else None,
+                converter="onnx2tf (TensorFlow SavedModel) + tf.lite.TFLiteConverter",
+                tools=common.tool_versions("torch", "onnx", "onnx2tf", "tensorflow", "ai-edge-litert")))
+        if args.keep_saved_model:
+            shutil.copytree(saved, out / f"{stem}_saved_model", dirs_exist_ok=True)
+    common.write_manifest(out, args, blob, weights, records)
+    for r in records:
+        print(f"wrote {out / r['file']}")
+
+
+if __name__ == "__main__":
+    common.run_cli(main)

@@ -1,0 +1,86 @@
+import pytest
+import torch
+
+from drsan_kit.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from drsan_kit.core.model import build_model, count_macs, count_params
+from drsan_kit.core.variants import PAPER_GMACS, PAPER_PARAMS, SCALES, VARIANTS
+
+ALL = [(v, s) for v in VARIANTS for s in SCALES]
+
+
+@pytest.mark.parametrize("variant,scale", ALL)
+def test_parameter_counts_equal_facts(variant, scale):
+    assert count_params(build_model(variant, scale)) == PAPER_PARAMS[variant][scale]
+
+
+@pytest.mark.parametrize("variant,scale", [a for a in ALL if PAPER_GMACS[a[0]][a[1]]])
+def test_macs_match_paper_within_one_percent(variant, scale):
+    gmacs = count_macs(build_model(variant, scale)) / 1e9
+    assert abs(gmacs / PAPER_GMACS[variant][scale] - 1) < 0.01
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_output_shape(scale):
+    m = build_model("32s", scale).eval()
+    with torch.no_grad():
+        y = m(torch.rand(2, 3, 10, 13))
+    assert y.shape == (2, 3, 10 * scale, 13 * scale)
+
+
+def _randomised(model):
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)   # PReLU slopes start at 0; make every path matter
+    return model.eval()
+
+
+def test_dra_coefficients_reachable_and_injectable():
+    m = _randomised(build_model("32s", 2))
+    x = torch.rand(2, 3, 12, 12)
+    coeffs = m.coefficients(x)
+    assert len(coeffs) == 4 and all(c.shape == (2, 10) for c in coeffs)
+    with torch.no_grad():
+        ref = m(x)
+        assert torch.allclose(m(x, coeffs=coeffs), ref, atol=1e-6)
+        # r given from outside changes the result: the argument is really used
+        other = [c + 0.5 for c in coeffs]
+        assert not torch.allclose(m(x, coeffs=other), ref, atol=1e-3)
+        # one DRAG run with r from outside
+        f = m.head(x)
+        drag = m.body[0]
+        assert torch.allclose(drag(f, drag.coefficients(f)), drag(f), atol=1e-6)
+
+
+def test_dcr_upsampler_order_equals_crd_after_channel_permutation():
+    from drsan_kit.converters.export import to_dcr
+
+    m = _randomised(build_model("32s", 4))
+    x = torch.rand(1, 3, 9, 11)
+    with torch.no_grad():
+        assert torch.allclose(to_dcr(m)(x), m(x), atol=1e-5)
+
+
+def test_checkpoint_round_trip_and_mismatch_errors(tmp_path):
+    m = _randomised(build_model("32s", 4))
+    path = save_checkpoint(tmp_path / "w.pt", m, {"training": {"iterations": 7}})
+    loaded, blob = load_checkpoint(path, "32s", 4)
+    assert blob["meta"]["training"]["iterations"] == 7
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), m(x))
+    with pytest.raises(CheckpointError, match="DRSAN-32s.*variant 48s"):
+        load_checkpoint(path, "48s", 4)
+    with pytest.raises(CheckpointError, match="x4.*scale x2"):
+        load_checkpoint(path, "32s", 2)
+
+
+def test_corrupt_and_foreign_checkpoints_are_clear_errors(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(bad)
+    foreign = tmp_path / "foreign.pt"
+    torch.save(build_model("32s", 4).state_dict(), foreign)
+    with pytest.raises(CheckpointError, match="not a drsan-kit checkpoint"):
+        load_checkpoint(foreign)
