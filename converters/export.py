@@ -42,10 +42,32 @@ def to_dcr(model: DRSAN) -> DRSAN:
     return out
 
 
-def deploy_model(model: DRSAN) -> DRSAN:
+class DecomposedPReLU(torch.nn.Module):
+    """PReLU as max(x, 0) + a * min(x, 0): the same function from ops that every
+    TFLite quantization mode supports (int16x8 has no PRELU kernel)."""
+
+    def __init__(self, prelu: torch.nn.PReLU):
+        super().__init__()
+        self.weight = torch.nn.Parameter(prelu.weight.detach().clone().reshape(1, -1, 1, 1))
+
+    def forward(self, x):
+        return x.clamp(min=0) + self.weight * x.clamp(max=0)
+
+
+def _decompose_prelu(module: torch.nn.Module):
+    for name, child in module.named_children():
+        if isinstance(child, torch.nn.PReLU):
+            setattr(module, name, DecomposedPReLU(child))
+        else:
+            _decompose_prelu(child)
+
+
+def deploy_model(model: DRSAN, decompose_prelu: bool = False) -> DRSAN:
     """The graph that converters export: DCR upsampler, output clamped to [0, 1], eval mode, on the CPU."""
     m = to_dcr(model).cpu().eval()
     m.clamp = True
+    if decompose_prelu:
+        _decompose_prelu(m)
     return m
 
 

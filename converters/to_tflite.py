@@ -11,7 +11,8 @@ Quantization modes:
   fp16      fp16 weights, fp32 inputs/outputs (dequantized at load)
   int8      full-integer int8 (per-channel weights), float32 input/output
   int8_io   full-integer int8 with int8 input/output tensors
-  int16x8   int16 activations, int8 weights, float32 input/output
+  int16x8   int16 activations, int8 weights, float32 input/output (PReLU as min/max/mul/add;
+            the two depth-to-space ops, which have no 16x8 kernel, stay float)
 """
 from __future__ import annotations
 
@@ -99,8 +100,10 @@ def convert_mode(saved_model: Path, mode: str, calib: np.ndarray, verbose: bool)
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.representative_dataset = representative
         if mode == "int16x8":
+            # DEPTH_TO_SPACE has no 16x8 kernel: the two upsampler shuffles stay float.
             conv.target_spec.supported_ops = [
-                tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+                tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8,
+                tf.lite.OpsSet.TFLITE_BUILTINS]
         else:
             conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         if mode == "int8_io":
@@ -146,12 +149,24 @@ def main(argv=None):
     records = []
     with tempfile.TemporaryDirectory(prefix="drsan-tflite-") as tmp:
         tmp = Path(tmp)
-        t0 = time.time()
-        onnx_path = export_onnx(deploy_model(model), tmp / f"{stem}.onnx", args.tile)
-        saved = onnx_to_saved_model(onnx_path, tmp, common.random_crops(check_images, args.tile, 4, seed=3),
-                                    args.verbose)
-        print(f"  onnx2tf: SavedModel in {time.time() - t0:.0f} s")
+        graphs = {}
+
+        def saved_model_for(mode: str) -> Path:
+            # int16x8 has no PRELU kernel: that mode gets a graph with PReLU spelled in min/max/mul/add.
+            key = "decomposed" if mode == "int16x8" else "native"
+            if key not in graphs:
+                t0 = time.time()
+                work = tmp / key
+                work.mkdir()
+                onnx_path = export_onnx(deploy_model(model, decompose_prelu=key == "decomposed"),
+                                        work / f"{stem}.onnx", args.tile)
+                sample = common.random_crops(check_images, args.tile, 4, seed=3)
+                graphs[key] = onnx_to_saved_model(onnx_path, work, sample, args.verbose)
+                print(f"  onnx2tf ({key} PReLU): SavedModel in {time.time() - t0:.0f} s")
+            return graphs[key]
+
         for mode in args.quant:
+            saved = saved_model_for(mode)
             t0 = time.time()
             try:
                 blob_bytes = convert_mode(saved, mode, calib, args.verbose)

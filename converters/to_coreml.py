@@ -1,0 +1,178 @@
+"""DRSAN checkpoint -> CoreML ML Program (.mlpackage), FP16 by default.
+
+    python converters/to_coreml.py --variant 32s [--scale 4] [--tile 192x336] [--precision fp16|fp32]
+                                   [--weights-int8] [--out artifacts]
+
+The input "lr" is RGB in [0, 1], shape (1, 3, h, w), with a fixed default shape
+(--tile) and enumerated extra shapes (--extra-tiles); enumerated rather than
+ranged shapes keep the Neural Engine available. The output "sr" is clamped to [0, 1].
+
+Prediction needs macOS. There the converter runs the model and checks it against
+PyTorch; on Linux it checks the program's structure and estimates the FP16 error
+by running the PyTorch model with FP16 rounding, and says that it did.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from drsan_kit.converters import common
+
+LICENSE = "MIT (code and weights of drsan-edge-kit)"
+
+
+def parse_tiles(text: str) -> list[tuple[int, int]]:
+    return [common.parse_tile(t) for t in text.split(",") if t.strip()]
+
+
+def convert(model, tiles: list[tuple[int, int]], precision: str):
+    import coremltools as ct
+    import torch
+
+    m = copy.deepcopy(model).eval()
+    m.clamp = True   # CoreML has a native pixel_shuffle (CRD), so the upsampler stays as trained
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(m, torch.rand(1, 3, *tiles[0]))
+    shape = (ct.EnumeratedShapes(shapes=[(1, 3, h, w) for h, w in tiles], default=(1, 3, *tiles[0]))
+             if len(tiles) > 1 else (1, 3, *tiles[0]))
+    return ct.convert(
+        traced, convert_to="mlprogram", inputs=[ct.TensorType(name="lr", shape=shape, dtype=np.float32)],
+        outputs=[ct.TensorType(name="sr", dtype=np.float32)],
+        compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
+        minimum_deployment_target=ct.target.iOS16)
+
+
+def compress_weights_int8(mlmodel):
+    import coremltools.optimize.coreml as cto
+
+    config = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric"))
+    return cto.linear_quantize_weights(mlmodel, config=config)
+
+
+def describe(mlmodel, args, blob, tiles, label: str):
+    meta = blob.get("meta", {})
+    val = meta.get("validation", {})
+    mlmodel.author = "drsan-edge-kit"
+    mlmodel.license = LICENSE
+    mlmodel.version = "1"
+    mlmodel.short_description = (f"DRSAN-{args.variant} x{args.scale} single-image super-resolution ({label}). "
+                                 f"Input lr: RGB in [0, 1], 1x3xHxW; output sr: RGB in [0, 1], 1x3x(H*{args.scale})x(W*{args.scale}).")
+    mlmodel.input_description["lr"] = "low-resolution RGB tile, values in [0, 1], NCHW"
+    mlmodel.output_description["sr"] = f"super-resolved RGB tile (x{args.scale}), values in [0, 1], NCHW"
+    training = meta.get("training", {})
+    mlmodel.user_defined_metadata.update({
+        "variant": args.variant, "scale": str(args.scale), "tile": f"{tiles[0][0]}x{tiles[0][1]}",
+        "enumerated_tiles": ",".join(f"{h}x{w}" for h, w in tiles), "precision": label,
+        "training_data": str(training.get("data", "unknown")),
+        "training_iterations": str(training.get("iterations", "unknown")),
+        "checkpoint_psnr": (f"{val['psnr_y']:.3f} dB on {Path(str(val.get('set'))).name} (Y, x{args.scale})"
+                            if val.get("psnr_y") else "unknown"),
+    })
+
+
+def structural_check(path: Path, tiles, scale: int) -> dict:
+    """On any OS: the saved program loads as a spec with the expected I/O and shapes."""
+    import coremltools as ct
+
+    spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
+    if spec.WhichOneof("Type") != "mlProgram":
+        raise common.ConversionError(f"{path.name}: not an ML Program")
+    ins, outs = spec.description.input, spec.description.output
+    if [i.name for i in ins] != ["lr"] or [o.name for o in outs] != ["sr"]:
+        raise common.ConversionError(f"{path.name}: unexpected inputs/outputs {[i.name for i in ins]} -> {[o.name for o in outs]}")
+    arr = ins[0].type.multiArrayType
+    default = list(arr.shape)
+    enumerated = [list(s.shape) for s in arr.enumeratedShapes.shapes]
+    if default != [1, 3, *tiles[0]]:
+        raise common.ConversionError(f"{path.name}: default input shape {default}, expected {[1, 3, *tiles[0]]}")
+    missing = [t for t in tiles if len(tiles) > 1 and [1, 3, *t] not in enumerated]
+    if missing:
+        raise common.ConversionError(f"{path.name}: enumerated shapes lack {missing}")
+    ops = sum(len(b.operations) for f in spec.mlProgram.functions.values() for b in f.block_specializations.values())
+    return {"default_shape": default, "enumerated_shapes": enumerated or [default], "program_ops": ops}
+
+
+def prediction_check(mlmodel, crops, reference, precision: str, label: str) -> dict:
+    outputs = np.stack([mlmodel.predict({"lr": c.transpose(2, 0, 1)[None]})["sr"][0].transpose(1, 2, 0) for c in crops])
+    check = common.enforce(common.compare(outputs, reference), precision, label)
+    check["method"] = "CoreML prediction on macOS vs FP32 PyTorch"
+    return check
+
+
+def emulated_check(model, crops, reference, precision: str, label: str, int8_weights: bool) -> dict:
+    """Linux: the PyTorch model with FP16 rounding stands in for CoreML (an estimate)."""
+    from drsan_kit.core.fp16 import fp16_emulated
+
+    if precision == "fp32" and not int8_weights:
+        return {"method": "structural only (fp32 program; no prediction on this OS)", "estimate": True}
+    emu = fp16_emulated(model) if precision == "fp16" else model
+    check = common.compare(common.reference_outputs(emu, crops), reference)
+    check.update({"method": "ESTIMATE: PyTorch with FP16 rounding of weights and layer outputs "
+                            "(CoreML prediction needs macOS)", "estimate": True})
+    if int8_weights:
+        check["method"] += "; int8 weight compression not emulated"
+    common.enforce(check, precision, label + " (FP16 emulation)")
+    return check
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Convert DRSAN to a CoreML ML Program (.mlpackage), checked "
+                                             "against PyTorch (by prediction on macOS, by FP16 emulation elsewhere).")
+    common.add_model_args(ap)
+    ap.add_argument("--extra-tiles", type=parse_tiles, default=[(128, 128), (256, 256)],
+                    help="more input shapes HxW,HxW the model accepts besides --tile (default 128x128,256x256; "
+                         "'' for the fixed tile only)")
+    ap.add_argument("--precision", choices=["fp16", "fp32"], default="fp16", help="compute precision (default fp16)")
+    ap.add_argument("--weights-int8", action="store_true", help="compress weights to int8 (coremltools.optimize)")
+    args = ap.parse_args(argv)
+    out = common.prepare_out(args.out)
+    model, blob, weights = common.load_reference(args)
+    tiles = [args.tile] + [t for t in args.extra_tiles if t != args.tile]
+    images, desc = common.sample_images()
+    crops = common.random_crops(images, args.tile, args.check_images, seed=1)
+    reference = common.reference_outputs(model, crops)
+    label = args.precision + ("_w8" if args.weights_int8 else "")
+    name = f"drsan_{args.variant}_x{args.scale}_{args.tile[0]}x{args.tile[1]}_{label}.mlpackage"
+    print(f"converting DRSAN-{args.variant} x{args.scale} from {weights} to CoreML ({label}), "
+          f"shapes {', '.join(f'{h}x{w}' for h, w in tiles)}")
+    try:
+        mlmodel = convert(model, tiles, args.precision)
+        if args.weights_int8:
+            mlmodel = compress_weights_int8(mlmodel)
+    except Exception as exc:   # coremltools raises many kinds; the user needs one line
+        raise common.ConversionError(f"CoreML conversion failed: {str(exc).splitlines()[0][:300]}") from None
+    describe(mlmodel, args, blob, tiles, label)
+    with tempfile.TemporaryDirectory(prefix="drsan-coreml-", dir=out) as tmp:
+        staged = Path(tmp) / name
+        mlmodel.save(str(staged))
+        structure = structural_check(staged, tiles, args.scale)
+        print(f"  structure: ML Program, {structure['program_ops']} ops, input lr {structure['default_shape']}, "
+              f"{len(structure['enumerated_shapes'])} shape(s)")
+        if platform.system() == "Darwin":
+            check = prediction_check(mlmodel, crops, reference, args.precision, name)
+        else:
+            print("  note: CoreML prediction needs macOS; estimating FP16 error with PyTorch FP16 emulation")
+            check = emulated_check(model, crops, reference, args.precision, name, args.weights_int8)
+        check["structure"] = structure
+        check["images_from"] = desc
+        final = out / name
+        if final.exists():
+            shutil.rmtree(final)
+        shutil.move(str(staged), final)
+    record = common.artifact_record(final, "coreml", label, args.tile, False, check,
+                                    enumerated_tiles=[list(t) for t in tiles], minimum_target="iOS16/macOS13",
+                                    tools=common.tool_versions("torch", "coremltools"))
+    common.write_manifest(out, args, blob, weights, [record])
+    print(f"wrote {final}")
+
+
+if __name__ == "__main__":
+    common.run_cli(main)
