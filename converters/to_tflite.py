@@ -186,9 +186,10 @@ def main(argv=None):
                 if mode.startswith("int") else None,
                 converter="onnx2tf (TensorFlow SavedModel) + tf.lite.TFLiteConverter",
                 tools=common.tool_versions("torch", "onnx", "onnx2tf", "tensorflow", "ai-edge-litert")))
+            # Described as soon as it lands: a later mode's failure leaves a consistent folder.
+            common.write_manifest(out, args, blob, weights, records)
         if args.keep_saved_model:
-            shutil.copytree(saved, out / f"{stem}_saved_model", dirs_exist_ok=True)
-    common.write_manifest(out, args, blob, weights, records)
+            shutil.copytree(saved_model_for("fp32"), out / f"{stem}_saved_model", dirs_exist_ok=True)
     for r in records:
         print(f"wrote {out / r['file']}")
 

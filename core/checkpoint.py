@@ -9,11 +9,11 @@ what it is.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
+from drsan_kit.core.atomic import atomic_path
 from drsan_kit.core.model import DRSAN, build_model
 from drsan_kit.core.variants import check_scale, get_variant
 
@@ -44,9 +44,8 @@ def save_checkpoint(path, model: DRSAN, meta: dict | None = None, train_state: d
     }
     if train_state is not None:
         blob["train_state"] = train_state
-    tmp = path.with_name(f".{path.name}.part")
-    torch.save(blob, tmp)
-    os.replace(tmp, path)  # never a half-written checkpoint, even when killed mid-save
+    with atomic_path(path) as tmp:   # never a half-written checkpoint, even when killed mid-save
+        torch.save(blob, tmp)
     return path
 
 

@@ -9,12 +9,13 @@ rename, so a failure never leaves a half-written file.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from drsan_kit.core.atomic import atomic_path
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -109,7 +110,9 @@ def load_rgb_uint8(path: str | os.PathLike) -> np.ndarray:
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:
-    """[0, 1] float to uint8 with clipping and rounding (the SR protocol's quantization)."""
+    """[0, 1] float to uint8 with clipping and rounding (the SR protocol's quantization); uint8 passes through."""
+    if isinstance(x, np.ndarray) and x.dtype == np.uint8:
+        return x
     return np.clip(np.round(np.asarray(x, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
 
 
@@ -148,15 +151,7 @@ def save_image(path: str | os.PathLike, img: LoadedImage | np.ndarray, quality: 
         pil = pil.convert("RGB" if pil.mode == "RGBA" else "L")  # these formats have no alpha
     if fmt in ("JPEG", "WEBP") and pil.mode == "I;16":
         pil = Image.fromarray((np.asarray(pil) // 257).astype(np.uint8), "L")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        kwargs = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
+    kwargs = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
+    with atomic_path(path) as tmp:
         pil.save(tmp, format=fmt, **kwargs)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path

@@ -148,6 +148,10 @@ def parse_args(argv=None):
     ap.add_argument("--init-from", default=None, help="checkpoint of another scale to start the body from")
     ap.add_argument("--save-every", type=int, default=250, help="write last.pt every N iterations")
     ap.add_argument("--val-every", type=int, default=1000, help="validate and write model.pt every N iterations")
+    ap.add_argument("--stop-at", type=int, default=None,
+                    help="save and exit at this iteration without changing the schedule (resume later)")
+    ap.add_argument("--stop-after-minutes", type=float, default=None,
+                    help="save and exit after this much wall time (for sessions with a time limit)")
     ap.add_argument("--seed", type=int, default=0)
     return ap.parse_args(argv)
 
@@ -169,6 +173,8 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
+    torch.manual_seed(args.seed)   # same initial weights for the same --seed
+    random.seed(args.seed)
     model = build_model(args.variant, args.scale)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
     state = {"iteration": 0, "seconds": 0.0, "best_val": None}
@@ -218,7 +224,9 @@ def main(argv=None):
         bar = tqdm(total=args.iters, initial=state["iteration"], disable=rank != 0, mininterval=5,
                    desc=f"train {args.variant} x{args.scale}")
         loss_acc, n_acc, t0 = 0.0, 0, time.time()
-        while state["iteration"] < args.iters:
+        deadline = time.time() + 60 * args.stop_after_minutes if args.stop_after_minutes else None
+        stop_at = min(args.iters, args.stop_at or args.iters)
+        while state["iteration"] < stop_at:
             it = state["iteration"]
             lr_now = learning_rate(args, it)
             for g in opt.param_groups:
@@ -250,8 +258,12 @@ def main(argv=None):
                                      "" if val is None else round(val, 4)])
                     fh.flush()
                 loss_acc, n_acc = 0.0, 0
-            if done % args.save_every == 0 or done == args.iters:
+            out_of_time = deadline is not None and time.time() > deadline
+            if done % args.save_every == 0 or done in (args.iters, stop_at) or out_of_time:
                 save_all()
+            if out_of_time:
+                log(f"\nstopping at iteration {done} (--stop-after-minutes); run the same command to resume")
+                break
             if rank == 0 and (val is not None or done == args.iters):
                 save_checkpoint(out / "model.pt", model, meta())
         bar.close()

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
+
+from drsan_kit.core.atomic import atomic_path
 
 MANIFEST_NAME = "manifest.json"
 
@@ -60,8 +60,6 @@ def update_manifest(folder, model: dict, entries: list[dict]) -> Path:
     manifest["model"] = model
     kept = [e for e in manifest.get("artifacts", []) if e["file"] not in {n["file"] for n in entries}]
     manifest["artifacts"] = sorted(kept + entries, key=lambda e: e["file"])
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".manifest.", suffix=".part")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(manifest, fh, indent=2)
-    os.replace(tmp, folder / MANIFEST_NAME)
+    with atomic_path(folder / MANIFEST_NAME) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2))
     return folder / MANIFEST_NAME

@@ -12,3 +12,46 @@ def bench_dir():
     if not (BENCH / "Set5" / "HR").is_dir():
         pytest.skip("../shared/benchmarks not present")
     return BENCH
+
+
+SHIPPED_X4 = REPO / "weights" / "drsan_32s_x4.pt"
+CONVERT_TILE = "24x32"
+
+
+def run_tool(script, *args, env=None, check=True):
+    """Run one of the kit's scripts by path, as a user does; returns the CompletedProcess."""
+    import os
+    import subprocess
+    import sys
+
+    full_env = dict(os.environ, **(env or {}))
+    proc = subprocess.run([sys.executable, str(REPO / script), *map(str, args)], capture_output=True, text=True,
+                          env=full_env, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def shipped_x4():
+    assert SHIPPED_X4.is_file(), "the shipped checkpoint weights/drsan_32s_x4.pt is missing"
+    return SHIPPED_X4
+
+
+@pytest.fixture(scope="session")
+def onnx_artifacts(tmp_path_factory, shipped_x4):
+    out = tmp_path_factory.mktemp("onnx")
+    run_tool("converters/to_onnx.py", "--variant", "32s", "--scale", "4", "--tile", CONVERT_TILE, "--out", out)
+    run_tool("converters/to_onnx.py", "--variant", "32s", "--scale", "4", "--dynamic", "--tile", CONVERT_TILE,
+             "--out", out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tflite_artifacts(tmp_path_factory, shipped_x4):
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("onnx2tf")
+    out = tmp_path_factory.mktemp("tflite")
+    run_tool("converters/to_tflite.py", "--variant", "32s", "--scale", "4", "--tile", CONVERT_TILE, "--quant", "all",
+             "--calib-count", "8", "--out", out)
+    return out

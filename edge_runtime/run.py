@@ -1,0 +1,246 @@
+"""Super-resolve images, folders and videos with a DRSAN artifact, tile by tile.
+
+    python edge_runtime/run.py --tflite model.tflite img.png
+    python edge_runtime/run.py --onnx model.onnx photos/ --out photos_x4/
+    python edge_runtime/run.py --torch --variant 32s --scale 4 clip.mp4 --out clip_x4.mp4
+    python edge_runtime/run.py --tflite model.tflite frame.png --benchmark 10
+
+The TFLite and ONNX paths need only numpy, Pillow, PyAV and the interpreter: no
+torch, no TensorFlow.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from drsan_kit.core.images import IMAGE_EXTENSIONS, ImageError, list_images, load_image, save_image
+from drsan_kit.edge_runtime.backends import BackendError, open_backend
+from drsan_kit.edge_runtime.manifest import artifact_entry
+from drsan_kit.edge_runtime.upscaler import Upscaler
+from drsan_kit.edge_runtime.video import VIDEO_EXTENSIONS, VideoError, VideoWriter, probe, read_frames
+
+
+class InputError(ValueError):
+    """A problem with one input; in a folder it is skipped with this reason."""
+
+
+def parse_tile(text: str):
+    if text in ("0", "full"):
+        return 0
+    try:
+        h, w = (int(v) for v in text.lower().split("x")) if "x" in text.lower() else (int(text),) * 2
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--tile takes HxW, a single size, or 0 (whole frame), not {text!r}") from None
+    if h <= 0 or w <= 0:
+        raise argparse.ArgumentTypeError("--tile sizes must be positive")
+    return h, w
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(
+        description="Super-resolve images, folders of images and videos with a DRSAN model, tile by tile.",
+        epilog="Outputs go to --out (default ./results) as <name>_x<scale>.<ext>; inputs are never overwritten.")
+    src = ap.add_argument_group("model (pick one)").add_mutually_exclusive_group(required=True)
+    src.add_argument("--tflite", metavar="FILE", help="a .tflite model from converters/to_tflite.py")
+    src.add_argument("--onnx", metavar="FILE", help="an .onnx model from converters/to_onnx.py")
+    src.add_argument("--coreml", metavar="FILE", help="an .mlpackage from converters/to_coreml.py (macOS only)")
+    src.add_argument("--torch", action="store_true", help="the PyTorch reference (needs torch; see --weights)")
+    ap.add_argument("inputs", nargs="*", help="image files, folders (searched recursively) or video files")
+    ap.add_argument("--variant", default="32s", help="--torch: model variant (default 32s)")
+    ap.add_argument("--scale", type=int, default=None,
+                    help="upscaling factor; read from the model or its manifest when omitted (--torch: default 4)")
+    ap.add_argument("--weights", default=None, help="--torch: checkpoint (default: the shipped one)")
+    ap.add_argument("--tile", type=parse_tile, default=None,
+                    help="LR window HxW for shape-flexible models (ONNX dynamic, torch); 0 = whole frame at once. "
+                         "Fixed-shape models always use their own input shape (default 192x336)")
+    ap.add_argument("--margin", type=int, default=8, help="context pixels around each window, cropped away (default 8)")
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads for the interpreter (default: its own choice)")
+    ap.add_argument("--out", type=Path, default=Path("results"),
+                    help="output folder, or output file for a single input (default ./results)")
+    ap.add_argument("--ext", default=None, help="output image format, e.g. png or jpg (default: same as input)")
+    ap.add_argument("--benchmark", type=int, default=0, metavar="N",
+                    help="time the first input's first frame N times after a warm-up and print JSON; writes nothing")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = ap.parse_args(argv)
+    if not args.inputs:
+        ap.error("give at least one input image, folder or video")
+    return args
+
+
+def open_model(args):
+    if args.torch:
+        return open_backend("torch", args.weights, variant=args.variant, scale=args.scale or 4,
+                            threads=args.threads), None
+    kind, path = next((k, getattr(args, k)) for k in ("tflite", "onnx", "coreml") if getattr(args, k))
+    if not Path(path).exists():
+        raise BackendError(f"{path}: model file not found")
+    found = artifact_entry(path)
+    scale = args.scale
+    if found:
+        model_info, entry = found
+        if scale and scale != model_info.get("scale"):
+            raise BackendError(f"{path}: manifest says x{model_info.get('scale')}, but --scale {scale} was given")
+        scale = model_info.get("scale")
+    backend = open_backend(kind, path, threads=args.threads, scale=scale)
+    if found:
+        backend.precision = entry.get("precision", backend.precision)
+    return backend, found
+
+
+def collect(inputs: list[str]) -> list[tuple[Path, Path]]:
+    """(file, path relative to its root folder) for every input; folders expand to their images and videos."""
+    items = []
+    for raw in inputs:
+        p = Path(raw)
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.is_file()
+                           and f.suffix.lower() in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
+            items += [(f, f.relative_to(p)) for f in files]
+        else:
+            items.append((p, Path(p.name)))
+    return items
+
+
+def output_path(args, src: Path, rel: Path, scale: int, single: bool) -> Path:
+    is_video = src.suffix.lower() in VIDEO_EXTENSIONS
+    ext = src.suffix.lower() if is_video or not args.ext else "." + args.ext.lower().lstrip(".")
+    if single and args.out.suffix and not args.out.is_dir():
+        return args.out
+    return args.out / rel.parent / f"{rel.stem}_x{scale}{ext}"
+
+
+def process_image(up: Upscaler, src: Path, dst: Path, bars: bool) -> tuple[int, list[float], float]:
+    try:
+        img = load_image(src)
+    except ImageError as exc:
+        raise InputError(str(exc)) from None
+    check_tile(up, img.rgb.shape[0], img.rgb.shape[1], src)
+    with tqdm(total=up.windows(*img.rgb.shape[:2]), desc=src.name, unit="tile", leave=False,
+              disable=not bars) as bar:
+        t0 = time.perf_counter()
+        out = up.image(img, on_tile=bar.update)
+        ms = (time.perf_counter() - t0) * 1000
+    save_image(dst, out)
+    return 1, [ms], out.rgb.shape[0] * out.rgb.shape[1] / 1e6
+
+
+def process_video(up: Upscaler, src: Path, dst: Path, bars: bool) -> tuple[int, list[float], float]:
+    try:
+        info = probe(src)
+    except VideoError as exc:
+        raise InputError(str(exc)) from None
+    check_tile(up, info["height"], info["width"], src)
+    times, mp = [], 0.0
+    try:
+        with VideoWriter(dst, info["fps"]) as writer, \
+                tqdm(total=info["frames"], desc=src.name, unit="frame", leave=False, disable=not bars) as bar:
+            for rgb in read_frames(src):
+                t0 = time.perf_counter()
+                out = up.frame(rgb, out_dtype=np.uint8)
+                times.append((time.perf_counter() - t0) * 1000)
+                writer.write(out)
+                mp += out.shape[0] * out.shape[1] / 1e6
+                bar.update(1)
+    except VideoError as exc:
+        raise InputError(f"{exc}; no output written") from None
+    return len(times), times, mp
+
+
+def check_tile(up: Upscaler, h: int, w: int, src: Path):
+    """An explicit window larger than the frame on a shape-flexible model is a user error, not a silent pad."""
+    if up.tile and not up.tiler.fixed_shape and (up.tile[0] > h or up.tile[1] > w):
+        raise InputError(f"{src}: tile {up.tile[0]}x{up.tile[1]} is larger than the {w}x{h} image; "
+                         f"use a smaller --tile or --tile 0")
+
+
+def benchmark(up: Upscaler, src: Path, runs: int, backend, model_desc: str):
+    if src.suffix.lower() in VIDEO_EXTENSIONS:
+        frame = next(iter(read_frames(src)))
+    else:
+        frame = load_image(src).rgb
+    up.frame(frame)   # warm-up: allocations, delegate set-up
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        out = up.frame(frame)
+        times.append((time.perf_counter() - t0) * 1000)
+    med = statistics.median(times)
+    print(json.dumps({"model": model_desc, "backend": backend.name, "input": f"{frame.shape[1]}x{frame.shape[0]}",
+                      "output": f"{out.shape[1]}x{out.shape[0]}", "tile": list(up.tile) if up.tile else None,
+                      "windows": up.windows(*frame.shape[:2]), "runs": runs, "median_ms": round(med, 2),
+                      "min_ms": round(min(times), 2), "output_mp_per_s": round(out.shape[0] * out.shape[1] / 1e6 / (med / 1000), 3)},
+                     indent=2))
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        backend, found = open_model(args)
+    except (BackendError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if found:
+        model_info, entry = found
+        desc = (f"DRSAN-{model_info.get('variant')} x{backend.scale} {entry.get('precision')} "
+                f"(tile {entry.get('tile')}; from manifest.json)")
+    else:
+        desc = f"x{backend.scale}, input {backend.input_hw or 'dynamic'} (no manifest beside the model)"
+    tile = None if args.tile == 0 else (args.tile or (192, 336))
+    try:
+        up = Upscaler(backend, tile=tile, margin=args.margin)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    items = collect(args.inputs)
+    if args.benchmark:
+        if not items or not items[0][0].is_file():
+            print(f"error: {args.inputs[0]}: no such file to benchmark", file=sys.stderr)
+            return 2
+        benchmark(up, items[0][0], args.benchmark, backend, desc)
+        return 0
+    print(f"running {backend.name}: {desc}", file=sys.stderr)
+    inputs = {src.resolve() for src, _ in items if src.exists()}
+    single = len(items) == 1 and not Path(args.inputs[0]).is_dir()
+    bars = not args.quiet and sys.stderr.isatty()
+    done, failed, all_ms, total_mp = 0, 0, [], 0.0
+    t_start = time.perf_counter()
+    for src, rel in tqdm(items, desc="files", unit="file", disable=not bars or len(items) < 2):
+        try:
+            if not src.is_file():
+                raise InputError(f"{src}: no such file")
+            ext = src.suffix.lower()
+            if ext not in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS:
+                raise InputError(f"{src}: unsupported format {ext or '(no extension)'}; images: "
+                                 f"{' '.join(IMAGE_EXTENSIONS)}; videos: {' '.join(VIDEO_EXTENSIONS)}")
+            dst = output_path(args, src, rel, backend.scale, single)
+            if dst.resolve() in inputs:
+                raise InputError(f"{dst}: output would overwrite an input; choose another --out")
+            work = process_video if ext in VIDEO_EXTENSIONS else process_image
+            n, ms, mp = work(up, src, dst, bars)
+            done += n
+            all_ms += ms
+            total_mp += mp
+            print(f"wrote {dst}", file=sys.stderr)
+        except (InputError, ImageError, VideoError) as exc:
+            failed += 1
+            print(f"{'skipped' if len(items) > 1 else 'error'}: {exc}", file=sys.stderr)
+        except BackendError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    if done:
+        wall = time.perf_counter() - t_start
+        print(f"{done} frame(s), median {statistics.median(all_ms):.1f} ms/frame, "
+              f"{total_mp / (sum(all_ms) / 1000):.2f} output MP/s ({wall:.1f} s in all)"
+              + (f", {failed} input(s) skipped" if failed else ""), file=sys.stderr)
+    return 0 if done and not (failed and single) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

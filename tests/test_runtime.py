@@ -1,0 +1,166 @@
+"""edge_runtime/run.py as users run it: images, folders, video, bad input, the light device path."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import CONVERT_TILE, REPO, run_tool
+
+
+@pytest.fixture
+def photos(tmp_path):
+    from skimage import data
+
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    Image.fromarray(data.astronaut()[100:140, 200:250]).save(src / "a.png")
+    Image.fromarray(data.coffee()[:30, :20]).save(src / "sub" / "b.jpg", quality=95)
+    return src
+
+
+def _onnx(onnx_artifacts, dynamic=False):
+    return onnx_artifacts / ("drsan_32s_x4_dynamic.onnx" if dynamic else f"drsan_32s_x4_{CONVERT_TILE}.onnx")
+
+
+def test_folder_recursive_keeps_relative_paths(onnx_artifacts, photos, tmp_path):
+    out = tmp_path / "out"
+    proc = run_tool("edge_runtime/run.py", "--onnx", _onnx(onnx_artifacts), photos, "--out", out)
+    assert Image.open(out / "a_x4.png").size == (200, 160)
+    assert Image.open(out / "sub" / "b_x4.jpg").size == (80, 120)
+    assert "from manifest.json" in proc.stderr and "output MP/s" in proc.stderr
+
+
+def test_onnx_tiled_matches_torch_reference_in_the_interior(onnx_artifacts, photos, tmp_path):
+    run_tool("edge_runtime/run.py", "--onnx", _onnx(onnx_artifacts), photos / "a.png", "--out", tmp_path / "o.png")
+    run_tool("edge_runtime/run.py", "--torch", "--variant", "32s", "--scale", "4", "--tile", CONVERT_TILE,
+             photos / "a.png", "--out", tmp_path / "t.png")
+    a = np.asarray(Image.open(tmp_path / "o.png"), dtype=int)
+    b = np.asarray(Image.open(tmp_path / "t.png"), dtype=int)
+    assert np.abs(a - b).max() <= 1
+
+
+def test_never_overwrites_input(onnx_artifacts, photos):
+    proc = run_tool("edge_runtime/run.py", "--onnx", _onnx(onnx_artifacts), photos / "a.png",
+                    "--out", photos / "a.png", check=False)
+    assert proc.returncode != 0 and "overwrite an input" in proc.stderr
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n garbage"), "cannot read image"),
+    (lambda p: p.write_bytes(b""), "empty"),
+])
+def test_bad_image_is_a_one_line_error_and_writes_nothing(onnx_artifacts, tmp_path, make, message):
+    bad = tmp_path / "bad.png"
+    make(bad)
+    out = tmp_path / "out"
+    proc = run_tool("edge_runtime/run.py", "--onnx", _onnx(onnx_artifacts), bad, "--out", out, check=False)
+    assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists() or not any(out.rglob("*"))
+
+
+def test_bad_file_in_folder_is_skipped_with_reason(onnx_artifacts, photos, tmp_path):
+    (photos / "broken.png").write_bytes(b"not a png")
+    (photos / "notes.txt").write_text("ignored: not an image extension")
+    proc = run_tool("edge_runtime/run.py", "--onnx", _onnx(onnx_artifacts), photos, "--out", tmp_path / "o")
+    assert "skipped" in proc.stderr and "broken.png" in proc.stderr
+    assert (tmp_path / "o" / "a_x4.png").exists()
+
+
+def test_unsupported_format_and_missing_model(onnx_artifacts, tmp_path):
+    doc = tmp_path / "x.gif2"
+    doc.write_bytes(b"abc")
+    proc = run_tool("edge_runtime/run.py", "--onnx", _onnx(onnx_artifacts), doc, "--out", tmp_path, check=False)
+    assert proc.returncode == 1 and "unsupported format" in proc.stderr
+    proc = run_tool("edge_runtime/run.py", "--onnx", tmp_path / "none.onnx", doc, check=False)
+    assert proc.returncode == 2 and "not found" in proc.stderr
+    junk = tmp_path / "junk.tflite"
+    junk.write_bytes(b"0" * 100)
+    proc = run_tool("edge_runtime/run.py", "--tflite", junk, doc, check=False)
+    assert proc.returncode == 2 and "cannot load" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_tile_larger_than_image_on_flexible_model_is_an_error(onnx_artifacts, photos, tmp_path):
+    proc = run_tool("edge_runtime/run.py", "--onnx", _onnx(onnx_artifacts, dynamic=True), "--tile", "512x512",
+                    photos / "a.png", "--out", tmp_path, check=False)
+    assert proc.returncode == 1 and "larger than the 50x40 image" in proc.stderr
+
+
+def test_tiny_and_odd_frames_work(onnx_artifacts, tmp_path):
+    for h, w in [(1, 1), (3, 61), (37, 5)]:
+        Image.fromarray(np.full((h, w, 3), 90, np.uint8)).save(tmp_path / f"t{h}x{w}.png")
+        run_tool("edge_runtime/run.py", "--onnx", _onnx(onnx_artifacts), tmp_path / f"t{h}x{w}.png",
+                 "--out", tmp_path / "o")
+        assert Image.open(tmp_path / "o" / f"t{h}x{w}_x4.png").size == (4 * w, 4 * h)
+
+
+def _write_video(path, frames=6, size=(40, 48), fps=12):
+    import av
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=fps)
+        s.width, s.height, s.pix_fmt = size[1], size[0], "yuv420p"
+        rng = np.random.default_rng(0)
+        for _ in range(frames):
+            f = av.VideoFrame.from_ndarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8), format="rgb24")
+            for p in s.encode(f):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
+def test_video_round_trip_keeps_frames_and_rate(onnx_artifacts, tmp_path):
+    import av
+
+    src = tmp_path / "clip.mp4"
+    _write_video(src)
+    run_tool("edge_runtime/run.py", "--onnx", _onnx(onnx_artifacts), src, "--out", tmp_path / "out")
+    with av.open(str(tmp_path / "out" / "clip_x4.mp4")) as c:
+        s = c.streams.video[0]
+        n = sum(1 for _ in c.decode(video=0))
+        assert (s.width, s.height, n, float(s.average_rate)) == (192, 160, 6, 12.0)
+
+
+def test_truncated_video_leaves_no_output(onnx_artifacts, tmp_path):
+    src = tmp_path / "cut.mp4"
+    _write_video(src, frames=30)
+    data = src.read_bytes()
+    src.write_bytes(data[: len(data) // 3])
+    out = tmp_path / "out"
+    proc = run_tool("edge_runtime/run.py", "--onnx", _onnx(onnx_artifacts), src, "--out", out, check=False)
+    assert proc.returncode == 1 and "cut.mp4" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists() or not any(out.rglob("*"))
+
+
+def test_benchmark_prints_json(onnx_artifacts, photos):
+    proc = run_tool("edge_runtime/run.py", "--onnx", _onnx(onnx_artifacts), photos / "a.png", "--benchmark", "2")
+    rep = json.loads(proc.stdout)
+    assert rep["runs"] == 2 and rep["output"] == "200x160" and rep["median_ms"] > 0 and rep["output_mp_per_s"] > 0
+
+
+BLOCKER = """
+import sys, runpy
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('torch', 'tensorflow'):
+            raise ImportError(name + ' is blocked for this test')
+sys.meta_path.insert(0, Block())
+sys.argv = ['run.py'] + sys.argv[1:]
+try:
+    runpy.run_path(sys.argv[0] if False else {script!r}, run_name='__main__')
+finally:
+    assert not any(m.split('.')[0] in ('torch', 'tensorflow') for m in sys.modules), 'heavy module imported'
+"""
+
+
+def test_tflite_path_runs_without_torch_or_tensorflow(tflite_artifacts, photos, tmp_path):
+    model = tflite_artifacts / f"drsan_32s_x4_{CONVERT_TILE}_int8.tflite"
+    code = BLOCKER.format(script=str(REPO / "edge_runtime" / "run.py"))
+    proc = subprocess.run([sys.executable, "-c", code, "--tflite", str(model), str(photos / "a.png"),
+                           "--out", str(tmp_path / "o.png")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert Image.open(tmp_path / "o.png").size == (200, 160)
+    assert "int8" in proc.stderr and "ai-edge-litert" in proc.stderr

@@ -1,0 +1,68 @@
+"""core/train.py: exact resume, skipping small images, init from another scale."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from drsan_kit.core.checkpoint import load_checkpoint, read_checkpoint
+from drsan_kit.core.train import main as train_main
+
+
+@pytest.fixture
+def data(tmp_path):
+    folder = tmp_path / "imgs" / "nested"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        base = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        big = np.asarray(Image.fromarray(base).resize((64, 72), Image.BICUBIC))
+        Image.fromarray(big).save(folder / f"img{i}.png")
+    Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(folder / "tiny.bmp")
+    return tmp_path / "imgs"
+
+
+def _args(data, out, iters, **extra):
+    args = ["--variant", "32s", "--scale", "2", "--data", str(data), "--out", str(out), "--iters", str(iters),
+            "--batch", "2", "--patch", "16", "--amp", "off", "--threads", "1", "--save-every", "1",
+            "--schedule", "cosine", "--warmup", "1", "--lr", "1e-3"]
+    for k, v in extra.items():
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    return args
+
+
+def test_stop_and_resume_reaches_the_same_weights(data, tmp_path, capsys):
+    train_main(_args(data, tmp_path / "straight", 4))
+    train_main(_args(data, tmp_path / "resumed", 4, stop_at=2))
+    train_main(_args(data, tmp_path / "resumed", 4))
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "1 too small" in out
+    a = read_checkpoint(tmp_path / "straight" / "last.pt")["state_dict"]
+    b = read_checkpoint(tmp_path / "resumed" / "last.pt")["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # and training really changed the weights
+    fresh = read_checkpoint(tmp_path / "resumed" / "last.pt")
+    assert fresh["train_state"]["state"]["iteration"] == 4
+    log = (tmp_path / "resumed" / "log.csv").read_text().splitlines()
+    assert log[0].startswith("iteration,loss") and len(log) >= 2
+
+
+def test_validation_and_init_from_other_scale(data, tmp_path, capsys):
+    val = tmp_path / "val"
+    (val / "HR").mkdir(parents=True)
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (24, 28, 3), dtype=np.uint8)).save(val / "HR" / "v.png")
+    train_main(_args(data, tmp_path / "x2", 2, val=val, val_every=2))
+    meta = read_checkpoint(tmp_path / "x2" / "model.pt")["meta"]
+    assert meta["validation"]["psnr_y"] > 0 and meta["training"]["iterations"] == 2
+    args = _args(data, tmp_path / "x4", 1, init_from=tmp_path / "x2" / "model.pt")
+    args[args.index("--scale") + 1] = "4"
+    args[args.index("--patch") + 1] = "8"
+    train_main(args)
+    assert "tensors copied" in capsys.readouterr().out
+    model, _ = load_checkpoint(tmp_path / "x4" / "model.pt", "32s", 4)
+    assert model.scale == 4
+
+
+def test_no_usable_images_is_a_clear_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="no images"):
+        train_main(_args(tmp_path / "empty", tmp_path / "o", 1))
