@@ -1,0 +1,338 @@
+"""Accuracy drift of deployed artifacts against the FP32 PyTorch model they came from.
+
+    python eval/drift.py --variant 32s --scale 4 --artifacts artifacts/ [--data DIR] [--out reports/drift_32s_x4]
+                         [--max-drift 0.5] [--save-reference ref.npz | --reference ref.npz]
+
+For every artifact (ONNX, TFLite fp32/fp16/int8/int16x8, CoreML) and every set, each
+image runs through the edge runtime (the same tiler and backends users run) and
+through the reference, and the report gives:
+  - PSNR/SSIM against HR (paper protocol) for artifact and reference, dPSNR, dSSIM;
+  - fidelity: PSNR and max abs error of the artifact's output against the reference's;
+  - tiling drift (reference run tiled like the artifact vs whole frame) separately
+    from quantization drift (artifact vs the reference tiled the same way);
+  - the worst images, with an error heatmap of the worst one per artifact.
+Reports: drift.json, drift.md and drift.png in --out. CoreML off macOS is an
+ESTIMATE from FP16 emulation of the PyTorch model, and labelled so.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from drsan_kit.core.datasets import find_sets, load_pairs
+from drsan_kit.core.metrics import CONVENTIONS, psnr, psnr_y, rgb_to_y, ssim_y
+from drsan_kit.core.variants import SCALES, VARIANTS
+from drsan_kit.edge_runtime.manifest import read_manifest
+from drsan_kit.edge_runtime.upscaler import Upscaler
+from drsan_kit.eval.benchmark import data_dir_or_exit
+
+KINDS = {".onnx": "onnx", ".tflite": "tflite", ".mlpackage": "coreml"}
+
+
+@dataclass
+class Artifact:
+    path: Path
+    kind: str
+    precision: str
+    tile: tuple[int, int] | None
+    estimate: bool = False
+    label: str = ""
+    rows: list = field(default_factory=list)
+
+
+def discover(folder: Path, scale: int) -> list[Artifact]:
+    """Artifacts in folder: from its manifest when present, else by file extension."""
+    manifest = read_manifest(folder)
+    found = []
+    if manifest:
+        if manifest.get("model", {}).get("scale") not in (None, scale):
+            raise SystemExit(f"error: {folder}/manifest.json describes x{manifest['model']['scale']} artifacts, "
+                             f"not x{scale}")
+        for e in manifest.get("artifacts", []):
+            tile = tuple(e["tile"]) if e.get("tile") else None
+            found.append(Artifact(folder / e["file"], e["format"], e["precision"], tile))
+    else:
+        for p in sorted(folder.iterdir()):
+            if p.suffix in KINDS:
+                found.append(Artifact(p, KINDS[p.suffix], "unknown", None))
+    if not found:
+        raise SystemExit(f"error: no artifacts (.onnx, .tflite, .mlpackage) in {folder}")
+    return found
+
+
+class Reference:
+    """FP32 PyTorch outputs (uint8, protocol-rounded), whole-frame and tiled, cached and savable."""
+
+    def __init__(self, args, store: dict | None):
+        self.store = store or {}
+        self.args = args
+        self._backend = None
+
+    @property
+    def backend(self):
+        if self._backend is None:
+            try:
+                from drsan_kit.edge_runtime.backends import open_backend
+            except ImportError:
+                raise SystemExit("error: computing the reference needs torch; pass --reference FILE") from None
+            self._backend = open_backend("torch", self.args.weights, variant=self.args.variant, scale=self.args.scale)
+        return self._backend
+
+    @property
+    def device(self) -> str:
+        return self.store.get("__device__", self.backend.name if self._backend or not self.store else "unknown")
+
+    def get(self, key: str, lr: np.ndarray, tile, margin: int) -> np.ndarray:
+        full_key = f"{key}|{'full' if tile is None else f'{tile[0]}x{tile[1]}m{margin}'}"
+        if full_key not in self.store:
+            up = Upscaler(self.backend, tile=tile, margin=margin)
+            up.tiler.fixed_shape = tile is not None   # tile like the artifact does, padding included
+            self.store[full_key] = up.frame(lr, out_dtype=np.uint8)
+        return self.store[full_key]
+
+    def save(self, path: Path):
+        meta = {"variant": self.args.variant, "scale": self.args.scale, "device": self.backend.name,
+                "weights": str(self.backend.weights)}
+        arrays = {k: v for k, v in self.store.items() if not k.startswith("__")}
+        np.savez_compressed(path, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
+
+    @staticmethod
+    def load(path: Path, variant: str, scale: int) -> dict:
+        with np.load(path) as z:
+            meta = json.loads(bytes(z["__meta__"]).decode())
+            if (meta["variant"], meta["scale"]) != (variant, scale):
+                raise SystemExit(f"error: {path} holds DRSAN-{meta['variant']} x{meta['scale']} outputs, "
+                                 f"not {variant} x{scale}")
+            store = {k: z[k] for k in z.files if k != "__meta__"}
+        store["__device__"] = meta["device"] + " (loaded from " + str(path) + ")"
+        return store
+
+
+def open_artifact(art: Artifact, args, reference: Reference):
+    """An Upscaler for the artifact; CoreML off macOS becomes the FP16-emulated PyTorch model (estimate)."""
+    from drsan_kit.edge_runtime.backends import open_backend
+
+    if art.kind == "coreml" and platform.system() != "Darwin":
+        from drsan_kit.core.fp16 import fp16_emulated
+        from drsan_kit.edge_runtime.backends.torch import TorchBackend
+
+        backend = TorchBackend(model=fp16_emulated(reference.backend.model))
+        backend.input_hw = art.tile
+        art.estimate = True
+        art.label = f"{art.path.name} (ESTIMATE: FP16 emulation)"
+    else:
+        backend = open_backend(art.kind, art.path, scale=args.scale, threads=args.threads)
+        art.label = art.path.name
+        art.tile = backend.input_hw or art.tile
+    tile = art.tile or args.tile
+    up = Upscaler(backend, tile=tile, margin=args.margin)
+    up.tiler.fixed_shape = tile is not None
+    art.tile = up.tile
+    return up
+
+
+def y_error(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.abs(rgb_to_y(a) - rgb_to_y(b))
+
+
+def summarize(art: Artifact, set_name: str) -> dict:
+    rows = [r for r in art.rows if r["set"] == set_name]
+    mean = lambda k: float(np.mean([r[k] for r in rows]))
+    return {
+        "images": len(rows),
+        "psnr": mean("psnr"), "ssim": mean("ssim"), "ref_psnr": mean("ref_psnr"), "ref_ssim": mean("ref_ssim"),
+        "dpsnr": mean("psnr") - mean("ref_psnr"), "dssim": mean("ssim") - mean("ref_ssim"),
+        "tiling_dpsnr": mean("ref_tiled_psnr") - mean("ref_psnr"),
+        "quant_dpsnr": mean("psnr") - mean("ref_tiled_psnr"),
+        "fidelity_psnr": mean("fidelity_psnr"), "quant_fidelity_psnr": mean("quant_fidelity_psnr"),
+        "max_abs_error": int(max(r["max_abs"] for r in rows)),
+        "worst": sorted(rows, key=lambda r: r["psnr"] - r["ref_psnr"])[:3],
+    }
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description="Report the PSNR/SSIM drift of every artifact in a folder against "
+                                             "the FP32 PyTorch reference, per benchmark set.")
+    ap.add_argument("--variant", default="32s", choices=list(VARIANTS), help="model variant (default 32s)")
+    ap.add_argument("--scale", type=int, default=4, choices=SCALES, help="upscaling factor (default 4)")
+    ap.add_argument("--weights", default=None, help="reference checkpoint (default: the shipped one)")
+    ap.add_argument("--artifacts", type=Path, required=True, help="folder of artifacts (with manifest.json)")
+    ap.add_argument("--data", default=None, help="folder of benchmark sets (default ../shared/benchmarks)")
+    ap.add_argument("--sets", default=None, help="comma-separated subset of sets, e.g. Set5,Set14")
+    ap.add_argument("--tile", type=lambda t: tuple(int(v) for v in t.split("x")), default=None,
+                    help="window HxW for dynamic-shape artifacts (default: whole image)")
+    ap.add_argument("--margin", type=int, default=8, help="tile context margin, as in the runtime (default 8)")
+    ap.add_argument("--convention", choices=CONVENTIONS, default="authors", help="Y convention (default authors)")
+    ap.add_argument("--threads", type=int, default=0, help="interpreter threads")
+    ap.add_argument("--out", type=Path, default=Path("reports/drift"), help="report folder (default reports/drift)")
+    ap.add_argument("--save-reference", type=Path, default=None, help="save the reference outputs to FILE (.npz)")
+    ap.add_argument("--reference", type=Path, default=None,
+                    help="use reference outputs saved with --save-reference (e.g. made on a GPU workstation)")
+    ap.add_argument("--max-drift", type=float, default=None, metavar="DB",
+                    help="exit with status 3 if any artifact loses more than DB dB PSNR on any set")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    data = data_dir_or_exit(args.data)
+    sets = find_sets(data)
+    if args.sets:
+        wanted = args.sets.split(",")
+        sets = [s for s in sets if s.name in wanted]
+        if not sets:
+            sys.exit(f"error: none of {args.sets} under {data}")
+    if not args.artifacts.is_dir():
+        sys.exit(f"error: artifact folder {args.artifacts} not found")
+    artifacts = discover(args.artifacts, args.scale)
+    store = Reference.load(args.reference, args.variant, args.scale) if args.reference else None
+    reference = Reference(args, store)
+    ups = []
+    for art in artifacts:
+        try:
+            ups.append((art, open_artifact(art, args, reference)))
+        except Exception as exc:   # one unusable artifact should not hide the others
+            print(f"skipped {art.path.name}: {str(exc).splitlines()[0]}", file=sys.stderr)
+    if not ups:
+        sys.exit("error: no artifact could be opened")
+    work = [(s, load_pairs(s, args.scale)) for s in sets]
+    total = sum(len(p) for _, p in work) * len(ups)
+    heat = {}
+    with tqdm(total=total, desc="drift", unit="run", disable=None) as bar:
+        for set_dir, pairs in work:
+            for pair in pairs:
+                key = f"{set_dir.name}/{pair.name}"
+                ref = reference.get(key, pair.lr, None, args.margin)
+                ref_psnr = psnr_y(ref, pair.hr, args.scale, args.convention, pair.gray)
+                ref_ssim = ssim_y(ref, pair.hr, args.scale, args.convention, pair.gray)
+                for art, up in ups:
+                    out = up.frame(pair.lr, out_dtype=np.uint8)
+                    ref_t = reference.get(key, pair.lr, art.tile, args.margin)
+                    row = {"set": set_dir.name, "image": pair.name,
+                           "psnr": psnr_y(out, pair.hr, args.scale, args.convention, pair.gray),
+                           "ssim": ssim_y(out, pair.hr, args.scale, args.convention, pair.gray),
+                           "ref_psnr": ref_psnr, "ref_ssim": ref_ssim,
+                           "ref_tiled_psnr": psnr_y(ref_t, pair.hr, args.scale, args.convention, pair.gray),
+                           "fidelity_psnr": min(psnr(out, ref), 99.0),
+                           "quant_fidelity_psnr": min(psnr(out, ref_t), 99.0),
+                           "max_abs": int(np.abs(out.astype(int) - ref.astype(int)).max())}
+                    art.rows.append(row)
+                    d = row["psnr"] - row["ref_psnr"]
+                    if art.label not in heat or d < heat[art.label][0]:
+                        heat[art.label] = (d, key, y_error(out, ref))
+                    bar.update(1)
+    if args.save_reference:
+        reference.save(args.save_reference)
+        print(f"reference outputs saved to {args.save_reference}", file=sys.stderr)
+    report = build_report(args, ups, sets, reference)
+    write_reports(args.out, report, heat)
+    print(markdown(report))
+    return gate(report, args.max_drift)
+
+
+def build_report(args, ups, sets, reference) -> dict:
+    return {
+        "variant": args.variant, "scale": args.scale, "convention": args.convention, "margin": args.margin,
+        "reference": {"model": "FP32 PyTorch", "device": reference.device, "weights": str(args.weights or "shipped")},
+        "machine": f"{platform.machine()}, {platform.system()}, Python {platform.python_version()}",
+        "artifacts": [{"file": a.path.name, "label": a.label, "kind": a.kind, "precision": a.precision,
+                       "tile": list(a.tile) if a.tile else None, "estimate": a.estimate,
+                       "sets": {s.name: summarize(a, s.name) for s in sets}} for a, _ in ups],
+    }
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# Drift report: DRSAN-{report['variant']} x{report['scale']}", "",
+             f"Reference: {report['reference']['model']} on {report['reference']['device']}; "
+             f"Y convention {report['convention']}; tile margin {report['margin']} px; machine {report['machine']}.",
+             "dPSNR = artifact - reference (whole frame); tiling = reference tiled like the artifact - whole frame; "
+             "quant = artifact - reference tiled the same way. Fidelity: PSNR (RGB, 8-bit) of the artifact's output "
+             "against the whole-frame reference, and against the reference tiled the same way (quant fidelity); "
+             "max abs: the largest difference in levels from the whole-frame reference.", ""]
+    sets = list(report["artifacts"][0]["sets"]) if report["artifacts"] else []
+    for s in sets:
+        lines += [f"## {s}", "",
+                  "| artifact | tile | PSNR | SSIM | ref PSNR | dPSNR | dSSIM | tiling dPSNR | quant dPSNR | fidelity dB | quant fidelity dB | max abs |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for a in report["artifacts"]:
+            e = a["sets"][s]
+            tile = "x".join(map(str, a["tile"])) if a["tile"] else "full"
+            lines.append(f"| {a['label']} | {tile} | {e['psnr']:.3f} | {e['ssim']:.4f} | {e['ref_psnr']:.3f} | "
+                         f"{e['dpsnr']:+.3f} | {e['dssim']:+.4f} | {e['tiling_dpsnr']:+.3f} | {e['quant_dpsnr']:+.3f} | "
+                         f"{e['fidelity_psnr']:.2f} | {e['quant_fidelity_psnr']:.2f} | {e['max_abs_error']} |")
+        lines.append("")
+    lines += ["## Worst images (by dPSNR)", ""]
+    for a in report["artifacts"]:
+        worst = sorted((w for e in a["sets"].values() for w in e["worst"]), key=lambda w: w["psnr"] - w["ref_psnr"])[:3]
+        lines.append(f"- {a['label']}: " + ", ".join(
+            f"{w['set']}/{w['image']} {w['psnr'] - w['ref_psnr']:+.3f} dB" for w in worst))
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(out: Path, report: dict, heat: dict):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from drsan_kit.core.atomic import atomic_path
+
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "drift.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=2))
+    with atomic_path(out / "drift.md") as tmp:
+        tmp.write_text(markdown(report))
+    arts = report["artifacts"]
+    sets = list(arts[0]["sets"])
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    width = 0.8 / len(sets)
+    for ax, key, title in ((axes[0], "dpsnr", "dPSNR vs FP32 reference (dB)"),
+                           (axes[1], "tiling_dpsnr", "of which tiling (dB)")):
+        for i, s in enumerate(sets):
+            ax.bar(np.arange(len(arts)) + i * width, [a["sets"][s][key] for a in arts], width, label=s)
+        ax.set_xticks(np.arange(len(arts)) + width * (len(sets) - 1) / 2)
+        ax.set_xticklabels([a["file"].replace(".mlpackage", "\n(CoreML est.)" if a["estimate"] else "")
+                            for a in arts], rotation=30, ha="right", fontsize=7)
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(f"DRSAN-{report['variant']} x{report['scale']}: drift of each artifact per set")
+    fig.tight_layout()
+    with atomic_path(out / "drift.png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    (out / "heatmaps").mkdir(exist_ok=True)
+    for label, (d, key, err) in heat.items():
+        fig, ax = plt.subplots(figsize=(6, 5))
+        im = ax.imshow(err, cmap="inferno", vmin=0, vmax=max(1.0, float(err.max())))
+        fig.colorbar(im, ax=ax, label="|Y artifact - Y reference| (levels)")
+        ax.set_title(f"{label}\n{key}: dPSNR {d:+.3f} dB", fontsize=8)
+        ax.axis("off")
+        name = label.split(" ")[0].replace(".", "_") + ".png"
+        with atomic_path(out / "heatmaps" / name) as tmp:
+            fig.savefig(tmp, dpi=90, format="png")
+        plt.close(fig)
+
+
+def gate(report: dict, max_drift: float | None) -> int:
+    if max_drift is None:
+        return 0
+    bad = [(a["label"], s, e["dpsnr"]) for a in report["artifacts"] for s, e in a["sets"].items()
+           if e["dpsnr"] < -max_drift]
+    for label, s, d in bad:
+        print(f"DRIFT GATE FAILED: {label} on {s}: {d:+.3f} dB (limit -{max_drift} dB)", file=sys.stderr)
+    if not bad:
+        print(f"drift gate passed: every artifact within {max_drift} dB on every set", file=sys.stderr)
+    return 3 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

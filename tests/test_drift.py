@@ -1,0 +1,65 @@
+"""The drift harness end to end on small data, and its gate."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import CONVERT_TILE, run_tool
+
+
+@pytest.fixture(scope="module")
+def tiny_sets(tmp_path_factory):
+    from skimage import data
+
+    root = tmp_path_factory.mktemp("sets")
+    for set_name, images in {"TinyA": ["astronaut", "coffee"], "TinyB": ["chelsea"]}.items():
+        (root / set_name / "HR").mkdir(parents=True)
+        for n in images:
+            Image.fromarray(getattr(data, n)()[:96, :120]).save(root / set_name / "HR" / f"{n}.png")
+    return root
+
+
+def test_fp32_onnx_has_no_drift_and_reports_are_written(onnx_artifacts, tiny_sets, tmp_path):
+    arts = tmp_path / "arts"
+    arts.mkdir()
+    name = f"drsan_32s_x4_{CONVERT_TILE}.onnx"
+    shutil.copy(onnx_artifacts / name, arts / name)
+    manifest = json.loads((onnx_artifacts / "manifest.json").read_text())
+    manifest["artifacts"] = [a for a in manifest["artifacts"] if a["file"] == name]
+    (arts / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "report"
+    proc = run_tool("eval/drift.py", "--artifacts", arts, "--data", tiny_sets, "--out", out, "--max-drift", "0.02",
+                    "--save-reference", tmp_path / "ref.npz")
+    rep = json.loads((out / "drift.json").read_text())
+    entry = rep["artifacts"][0]
+    assert set(entry["sets"]) == {"TinyA", "TinyB"}
+    for e in entry["sets"].values():
+        assert abs(e["quant_dpsnr"]) < 0.01 and e["quant_fidelity_psnr"] > 60 and e["fidelity_psnr"] > 30
+        assert e["tiling_dpsnr"] == pytest.approx(e["dpsnr"] - e["quant_dpsnr"], abs=1e-9)
+    assert (out / "drift.md").read_text().startswith("# Drift report")
+    assert (out / "drift.png").stat().st_size > 1000 and any((out / "heatmaps").iterdir())
+    assert "gate passed" in proc.stderr
+    # the saved reference is reused without recomputing
+    proc2 = run_tool("eval/drift.py", "--artifacts", arts, "--data", tiny_sets, "--out", tmp_path / "r2",
+                     "--reference", tmp_path / "ref.npz")
+    rep2 = json.loads((tmp_path / "r2" / "drift.json").read_text())
+    assert "loaded from" in rep2["reference"]["device"]
+    assert rep2["artifacts"][0]["sets"]["TinyA"]["psnr"] == pytest.approx(entry["sets"]["TinyA"]["psnr"])
+
+
+def test_gate_fails_when_an_artifact_drifts(shipped_x4, tiny_sets, tmp_path):
+    """An artifact made from damaged weights must trip --max-drift (exit 3)."""
+    from drsan_kit.core.checkpoint import load_checkpoint, save_checkpoint
+
+    model, blob = load_checkpoint(shipped_x4)
+    with torch.no_grad():
+        model.recon.bias.add_(0.03)   # a visible colour shift, as a broken conversion would make
+    bad = save_checkpoint(tmp_path / "damaged.pt", model, blob["meta"])
+    arts = tmp_path / "arts"
+    run_tool("converters/to_onnx.py", "--weights", bad, "--tile", CONVERT_TILE, "--out", arts)
+    proc = run_tool("eval/drift.py", "--artifacts", arts, "--data", tiny_sets, "--sets", "TinyB",
+                    "--weights", shipped_x4, "--out", tmp_path / "r", "--max-drift", "0.1", check=False)
+    assert proc.returncode == 3 and "DRIFT GATE FAILED" in proc.stderr
