@@ -1,0 +1,135 @@
+"""Speed of every backend on one frame, in one run on one machine.
+
+    python edge_runtime/bench.py --variant 32s --scale 4 --artifacts artifacts/ [--frame 1280x720] [--runs 3]
+
+Times PyTorch eager FP32 (the reference: whole frame and tiled), then every artifact
+in --artifacts (ONNX, TFLite fp32/fp16/int8/int16x8) through the runtime's tiler,
+and prints ms per frame, output megapixels per second and the ratio to PyTorch
+eager. Shape-flexible backends are also timed one-shot (whole frame), which gives
+the tiling overhead. Writes --json FILE and --md FILE when asked.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from drsan_kit.core.variants import SCALES, VARIANTS
+from drsan_kit.edge_runtime.backends import open_backend
+from drsan_kit.edge_runtime.manifest import read_manifest
+from drsan_kit.edge_runtime.upscaler import Upscaler
+
+
+def test_frame(size: str) -> np.ndarray:
+    """A real photograph resized to WxH (no random noise: quantized kernels' speed can depend on content)."""
+    from skimage import data
+
+    from drsan_kit.core.imresize import imresize
+
+    w, h = (int(v) for v in size.split("x"))
+    photo = data.astronaut()
+    return imresize(photo.astype(np.float32) / 255.0, output_shape=(h, w)).clip(0, 1).astype(np.float32)
+
+
+def time_it(up: Upscaler, frame: np.ndarray, runs: int) -> dict:
+    up.frame(frame)   # warm-up
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        out = up.frame(frame)
+        times.append((time.perf_counter() - t0) * 1000)
+    med = statistics.median(times)
+    return {"median_ms": med, "mp_per_s": out.shape[0] * out.shape[1] / 1e6 / (med / 1000),
+            "windows": up.windows(*frame.shape[:2]), "tile": list(up.tile) if up.tile else None}
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Benchmark DRSAN backends (PyTorch, ONNX Runtime, TFLite) on one frame.")
+    ap.add_argument("--variant", default="32s", choices=list(VARIANTS), help="model variant (default 32s)")
+    ap.add_argument("--scale", type=int, default=4, choices=SCALES, help="upscaling factor (default 4)")
+    ap.add_argument("--weights", default=None, help="checkpoint for the PyTorch reference (default: shipped)")
+    ap.add_argument("--artifacts", type=Path, default=None, help="folder of artifacts with manifest.json")
+    ap.add_argument("--frame", default="1280x720", help="input frame size WxH (default 1280x720)")
+    ap.add_argument("--tile", default="192x336", help="window HxW for shape-flexible backends (default 192x336)")
+    ap.add_argument("--margin", type=int, default=8, help="tile context margin (default 8)")
+    ap.add_argument("--runs", type=int, default=3, help="timed runs after one warm-up (default 3)")
+    ap.add_argument("--threads", type=int, default=0, help="threads for every backend (default: all cores)")
+    ap.add_argument("--skip", default="", help="comma-separated precisions/backends to skip, e.g. int16x8,torch-full")
+    ap.add_argument("--json", type=Path, default=None, help="write results as JSON")
+    ap.add_argument("--md", type=Path, default=None, help="write results as a Markdown table")
+    args = ap.parse_args(argv)
+    threads = args.threads or os.cpu_count()
+    frame = test_frame(args.frame)
+    tile = tuple(int(v) for v in args.tile.split("x"))
+    skip = set(filter(None, args.skip.split(",")))
+    rows = []
+
+    def bench(label, backend, tile_hw, note=""):
+        if label in skip:
+            return
+        print(f"timing {label} ...", file=sys.stderr, flush=True)
+        r = time_it(Upscaler(backend, tile=tile_hw, margin=args.margin), frame, args.runs)
+        r.update({"backend": label, "note": note})
+        rows.append(r)
+
+    torch_backend = open_backend("torch", args.weights, variant=args.variant, scale=args.scale, threads=threads)
+    bench("torch-full", torch_backend, None, "PyTorch eager FP32, whole frame")
+    bench("torch", torch_backend, tile, "PyTorch eager FP32, tiled")
+    if args.artifacts:
+        manifest = read_manifest(args.artifacts) or {"artifacts": []}
+        for e in manifest["artifacts"]:
+            if e["format"] not in ("onnx", "tflite") or e["precision"] in skip:
+                continue
+            backend = open_backend(e["format"], args.artifacts / e["file"], threads=threads, scale=args.scale)
+            name = f"{e['format']}-{e['precision']}" + ("-dynamic" if e.get("dynamic_shape") else "")
+            if e.get("dynamic_shape"):
+                bench(name + "-full", backend, None, "one-shot, whole frame")
+            bench(name, backend, tile, e["file"])
+    ref = next((r for r in rows if r["backend"] == "torch-full"), rows[0])
+    for r in rows:
+        r["speed_vs_torch"] = r["mp_per_s"] / ref["mp_per_s"]
+    report = {"variant": args.variant, "scale": args.scale, "frame": args.frame, "threads": threads,
+              "machine": f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()}", "runs": args.runs,
+              "margin": args.margin, "results": rows}
+    table = markdown(report)
+    print(table)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+    if args.md:
+        args.md.parent.mkdir(parents=True, exist_ok=True)
+        args.md.write_text(table)
+
+
+def markdown(report: dict) -> str:
+    s = report["scale"]
+    lines = [f"DRSAN-{report['variant']} x{s}, {report['frame']} input frame, {report['threads']} threads, "
+             f"median of {report['runs']} runs; {report['machine']}. Speed ratio in output MP/s against "
+             f"PyTorch eager FP32 on the whole frame.", "",
+             "| backend | tile (windows) | ms / frame | output MP/s | vs PyTorch eager |",
+             "|---|---|---|---|---|"]
+    for r in report["results"]:
+        tile = f"{r['tile'][0]}x{r['tile'][1]} ({r['windows']})" if r["tile"] else "whole frame"
+        lines.append(f"| {r['backend']} | {tile} | {r['median_ms']:.0f} | {r['mp_per_s']:.2f} | {r['speed_vs_torch']:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
