@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from drsan_kit.core.model import DRSAN
 
@@ -43,15 +44,22 @@ def to_dcr(model: DRSAN) -> DRSAN:
 
 
 class DecomposedPReLU(torch.nn.Module):
-    """PReLU as max(x, 0) + a * min(x, 0): the same function from ops that every
-    TFLite quantization mode supports (int16x8 has no PRELU kernel)."""
+    """PReLU as relu(x) + depthwise1x1(x - relu(x), slopes).
+
+    The same function from ops that every TFLite mode quantizes well and XNNPACK
+    runs in int8: int8 PRELU has no XNNPACK kernel (a slow reference loop) and
+    int16x8 has no PRELU kernel at all. The slopes live in a depthwise conv so they
+    get per-channel quantization; a plain multiply would share one scale across
+    channels and cost about 10 dB of fidelity.
+    """
 
     def __init__(self, prelu: torch.nn.PReLU):
         super().__init__()
-        self.weight = torch.nn.Parameter(prelu.weight.detach().clone().reshape(1, -1, 1, 1))
+        self.weight = torch.nn.Parameter(prelu.weight.detach().clone().reshape(-1, 1, 1, 1))
 
     def forward(self, x):
-        return x.clamp(min=0) + self.weight * x.clamp(max=0)
+        pos = torch.relu(x)
+        return pos + F.conv2d(x - pos, self.weight, groups=self.weight.shape[0])
 
 
 def _decompose_prelu(module: torch.nn.Module):

@@ -11,8 +11,10 @@ Quantization modes:
   fp16      fp16 weights, fp32 inputs/outputs (dequantized at load)
   int8      full-integer int8 (per-channel weights), float32 input/output
   int8_io   full-integer int8 with int8 input/output tensors
-  int16x8   int16 activations, int8 weights, float32 input/output (PReLU as min/max/mul/add;
-            the two depth-to-space ops, which have no 16x8 kernel, stay float)
+  int16x8   int16 activations, int8 weights, float32 input/output (the two depth-to-space
+            ops, which have no 16x8 kernel, stay float)
+In the integer modes PReLU is exported as relu(x) + depthwise1x1(x - relu(x)): the
+same function, with per-channel slopes, from ops XNNPACK runs in int8.
 """
 from __future__ import annotations
 
@@ -152,8 +154,9 @@ def main(argv=None):
         graphs = {}
 
         def saved_model_for(mode: str) -> Path:
-            # int16x8 has no PRELU kernel: that mode gets a graph with PReLU spelled in min/max/mul/add.
-            key = "decomposed" if mode == "int16x8" else "native"
+            # Integer modes get PReLU spelled as relu/sub/depthwise-conv/add (see DecomposedPReLU):
+            # int16x8 has no PRELU kernel, and int8 PRELU has no XNNPACK kernel.
+            key = "decomposed" if mode in ("int8", "int8_io", "int16x8") else "native"
             if key not in graphs:
                 t0 = time.time()
                 work = tmp / key

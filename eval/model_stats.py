@@ -1,0 +1,31 @@
+"""Parameter counts and Multi-Adds of all 15 DRSAN models beside the paper's (Markdown table).
+
+    python eval/model_stats.py [--height 720 --width 1280]
+"""
+from __future__ import annotations
+
+import argparse
+
+from drsan_kit.core.model import build_model, count_macs, count_params
+from drsan_kit.core.variants import PAPER_GMACS, PAPER_PARAMS, SCALES, VARIANTS
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Print parameters and Multi-Adds of every DRSAN variant and scale.")
+    ap.add_argument("--height", type=int, default=720, help="HR output height for Multi-Adds (default 720)")
+    ap.add_argument("--width", type=int, default=1280, help="HR output width for Multi-Adds (default 1280)")
+    args = ap.parse_args(argv)
+    print(f"| variant | scale | parameters | FACTS.md | Multi-Adds ({args.width}x{args.height} output) | paper | diff |")
+    print("|---|---|---|---|---|---|---|")
+    for v in VARIANTS:
+        for s in SCALES:
+            m = build_model(v, s)
+            p, g = count_params(m), count_macs(m, args.height, args.width) / 1e9
+            paper = PAPER_GMACS[v][s]
+            diff = f"{(g / paper - 1) * 100:+.2f}%" if paper else "-"
+            print(f"| {v} | x{s} | {p:,} | {PAPER_PARAMS[v][s]:,} | {g:.1f} G | "
+                  f"{f'{paper:.1f} G' if paper else '-'} | {diff} |")
+
+
+if __name__ == "__main__":
+    main()
