@@ -27,14 +27,15 @@ from drsan_kit.edge_runtime.manifest import read_manifest
 from drsan_kit.edge_runtime.upscaler import Upscaler
 
 
-def test_frame(size: str) -> np.ndarray:
-    """A real photograph resized to WxH (no random noise: quantized kernels' speed can depend on content)."""
+def test_frame(size: str, photo_name: str = "astronaut") -> np.ndarray:
+    """A real photograph resized to WxH, float32 in [0, 1] (real content: quantized kernels' speed
+    and the DRA coefficients depend on it)."""
     from skimage import data
 
     from drsan_kit.core.imresize import imresize
 
     w, h = (int(v) for v in size.split("x"))
-    photo = data.astronaut()
+    photo = getattr(data, photo_name)()
     return imresize(photo.astype(np.float32) / 255.0, output_shape=(h, w)).clip(0, 1).astype(np.float32)
 
 

@@ -12,10 +12,22 @@ from drsan_kit.core.imresize import imresize
 from drsan_kit.edge_runtime.tiler import Tiler
 
 
+COEFF_MODES = ("tile", "frame", "downscaled")
+
+
 class Upscaler:
-    def __init__(self, backend, tile: tuple[int, int] | None = None, margin: int = 8):
-        """tile: the window for shape-flexible backends (None: whole frame); fixed-shape models use their own."""
-        self.backend = backend
+    def __init__(self, backend, tile: tuple[int, int] | None = None, margin: int = 8, coeffs: str = "tile"):
+        """tile: the window for shape-flexible backends (None: whole frame); fixed-shape models use their own.
+
+        coeffs: where each window's DRA coefficients r come from: "tile" (its own pixels, what a plain
+        exported model does), "frame" (the whole frame, exact; one extra pass) or "downscaled" (the frame
+        at half size, cheap). The last two need a backend that takes r from outside (torch for now).
+        """
+        if coeffs not in COEFF_MODES:
+            raise ValueError(f"coeffs must be one of {COEFF_MODES}")
+        if coeffs != "tile" and not hasattr(backend, "coefficients"):
+            raise ValueError(f"{backend.name} cannot take DRA coefficients from outside")
+        self.backend, self.coeffs = backend, coeffs
         fixed = backend.input_hw is not None
         self.tile = backend.input_hw if fixed else tile
         self.tiler = Tiler(backend.scale, self.tile, margin=margin, fixed_shape=fixed)
@@ -25,7 +37,12 @@ class Upscaler:
         """(H, W, 3) float32 [0, 1] or uint8 -> (H*s, W*s, 3) in out_dtype."""
         if rgb.dtype == np.uint8:
             rgb = rgb.astype(np.float32) / 255.0
-        return self.tiler.run(rgb, self.backend, out_dtype=out_dtype, on_tile=on_tile)
+        fn = self.backend
+        if self.coeffs != "tile":
+            src = rgb if self.coeffs == "frame" else _half(rgb)
+            r = self.backend.coefficients(src)
+            fn = lambda tile: self.backend(tile, coeffs=r)   # noqa: E731
+        return self.tiler.run(rgb, fn, out_dtype=out_dtype, on_tile=on_tile)
 
     def image(self, img: LoadedImage, on_tile=None) -> LoadedImage:
         """Super-resolve RGB with the model; alpha (if any) with bicubic; keep gray and bit depth."""
@@ -38,3 +55,9 @@ class Upscaler:
 
     def windows(self, height: int, width: int) -> int:
         return self.tiler.count(height, width)
+
+
+def _half(rgb: np.ndarray) -> np.ndarray:
+    """The frame at half size (MATLAB bicubic), at least 8 pixels a side."""
+    h, w = max(8, rgb.shape[0] // 2), max(8, rgb.shape[1] // 2)
+    return np.clip(imresize(rgb.astype(np.float64), output_shape=(h, w)), 0, 1).astype(np.float32)

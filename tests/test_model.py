@@ -84,3 +84,16 @@ def test_corrupt_and_foreign_checkpoints_are_clear_errors(tmp_path):
     torch.save(build_model("32s", 4).state_dict(), foreign)
     with pytest.raises(CheckpointError, match="not a drsan-kit checkpoint"):
         load_checkpoint(foreign)
+
+
+def test_decomposed_prelu_graph_equals_the_model():
+    from drsan_kit.converters.export import DecomposedPReLU, deploy_model
+
+    m = _randomised(build_model("32s", 3))
+    native, decomposed = deploy_model(m), deploy_model(m, decompose_prelu=True)
+    assert any(isinstance(x, DecomposedPReLU) for x in decomposed.modules())
+    assert not any(isinstance(x, torch.nn.PReLU) for x in decomposed.modules())
+    x = torch.rand(1, 3, 10, 12)
+    with torch.no_grad():
+        assert torch.allclose(native(x), decomposed(x), atol=1e-5)
+        assert torch.allclose(native(x), m(x).clamp(0, 1), atol=1e-5)

@@ -23,8 +23,16 @@ class TorchBackend:
         self.precision = "fp32"
         self.name = f"torch-{self.device.type}"
 
+    def _tensor(self, img: np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32))[None].to(self.device)
+
     @torch.inference_mode()
-    def __call__(self, tile: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(tile.transpose(2, 0, 1)))[None].to(self.device)
-        y = self.model(x).clamp_(0.0, 1.0)
+    def coefficients(self, frame: np.ndarray) -> list:
+        """The DRA vector r of every DRAG for a whole (H, W, 3) frame."""
+        return self.model.coefficients(self._tensor(frame))
+
+    @torch.inference_mode()
+    def __call__(self, tile: np.ndarray, coeffs=None) -> np.ndarray:
+        """coeffs: r of every DRAG from outside (e.g. the whole frame's), else each tile computes its own."""
+        y = self.model(self._tensor(tile), coeffs=coeffs).clamp_(0.0, 1.0)
         return y[0].permute(1, 2, 0).float().cpu().numpy()
