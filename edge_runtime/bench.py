@@ -14,9 +14,7 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +22,7 @@ import numpy as np
 from drsan_kit.core.variants import SCALES, VARIANTS
 from drsan_kit.edge_runtime.backends import open_backend
 from drsan_kit.edge_runtime.manifest import read_manifest
-from drsan_kit.edge_runtime.upscaler import Upscaler
+from drsan_kit.edge_runtime.upscaler import Upscaler, time_frames
 
 
 def test_frame(size: str, photo_name: str = "astronaut") -> np.ndarray:
@@ -37,18 +35,6 @@ def test_frame(size: str, photo_name: str = "astronaut") -> np.ndarray:
     w, h = (int(v) for v in size.split("x"))
     photo = getattr(data, photo_name)()
     return imresize(photo.astype(np.float32) / 255.0, output_shape=(h, w)).clip(0, 1).astype(np.float32)
-
-
-def time_it(up: Upscaler, frame: np.ndarray, runs: int) -> dict:
-    up.frame(frame)   # warm-up
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        out = up.frame(frame)
-        times.append((time.perf_counter() - t0) * 1000)
-    med = statistics.median(times)
-    return {"median_ms": med, "mp_per_s": out.shape[0] * out.shape[1] / 1e6 / (med / 1000),
-            "windows": up.windows(*frame.shape[:2]), "tile": list(up.tile) if up.tile else None}
 
 
 def cpu_name() -> str:
@@ -86,7 +72,7 @@ def main(argv=None):
         if label in skip:
             return
         print(f"timing {label} ...", file=sys.stderr, flush=True)
-        r = time_it(Upscaler(backend, tile=tile_hw, margin=args.margin), frame, args.runs)
+        r = time_frames(Upscaler(backend, tile=tile_hw, margin=args.margin), frame, args.runs)
         r.update({"backend": label, "note": note})
         rows.append(r)
 
@@ -105,7 +91,7 @@ def main(argv=None):
             bench(name, backend, tile, e["file"])
     ref = next((r for r in rows if r["backend"] == "torch-full"), rows[0])
     for r in rows:
-        r["speed_vs_torch"] = r["mp_per_s"] / ref["mp_per_s"]
+        r["speed_vs_torch"] = r["output_mp_per_s"] / ref["output_mp_per_s"]
     report = {"variant": args.variant, "scale": args.scale, "frame": args.frame, "threads": threads,
               "machine": f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()}", "runs": args.runs,
               "margin": args.margin, "results": rows}
@@ -128,7 +114,7 @@ def markdown(report: dict) -> str:
              "|---|---|---|---|---|"]
     for r in report["results"]:
         tile = f"{r['tile'][0]}x{r['tile'][1]} ({r['windows']})" if r["tile"] else "whole frame"
-        lines.append(f"| {r['backend']} | {tile} | {r['median_ms']:.0f} | {r['mp_per_s']:.2f} | {r['speed_vs_torch']:.2f}x |")
+        lines.append(f"| {r['backend']} | {tile} | {r['median_ms']:.0f} | {r['output_mp_per_s']:.2f} | {r['speed_vs_torch']:.2f}x |")
     return "\n".join(lines) + "\n"
 
 

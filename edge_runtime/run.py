@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from drsan_kit.core.images import IMAGE_EXTENSIONS, ImageError, list_images, load_image, save_image
+from drsan_kit.core.images import IMAGE_EXTENSIONS, ImageError, load_image, save_image
 from drsan_kit.edge_runtime.backends import BackendError, open_backend
 from drsan_kit.edge_runtime.manifest import artifact_entry
-from drsan_kit.edge_runtime.upscaler import Upscaler
+from drsan_kit.edge_runtime.upscaler import Upscaler, time_frames
 from drsan_kit.edge_runtime.video import VIDEO_EXTENSIONS, VideoError, VideoWriter, probe, read_frames
 
 
@@ -165,18 +165,8 @@ def benchmark(up: Upscaler, src: Path, runs: int, backend, model_desc: str):
         frame = next(iter(read_frames(src)))
     else:
         frame = load_image(src).rgb
-    up.frame(frame)   # warm-up: allocations, delegate set-up
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        out = up.frame(frame)
-        times.append((time.perf_counter() - t0) * 1000)
-    med = statistics.median(times)
-    print(json.dumps({"model": model_desc, "backend": backend.name, "input": f"{frame.shape[1]}x{frame.shape[0]}",
-                      "output": f"{out.shape[1]}x{out.shape[0]}", "tile": list(up.tile) if up.tile else None,
-                      "windows": up.windows(*frame.shape[:2]), "runs": runs, "median_ms": round(med, 2),
-                      "min_ms": round(min(times), 2), "output_mp_per_s": round(out.shape[0] * out.shape[1] / 1e6 / (med / 1000), 3)},
-                     indent=2))
+    report = {"model": model_desc, "backend": backend.name, **time_frames(up, frame, runs)}
+    print(json.dumps(report, indent=2))
 
 
 def main(argv=None) -> int:

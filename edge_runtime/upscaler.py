@@ -5,6 +5,9 @@ users run. numpy only (the backend decides what else is imported).
 """
 from __future__ import annotations
 
+import statistics
+import time
+
 import numpy as np
 
 from drsan_kit.core.images import LoadedImage
@@ -61,3 +64,18 @@ def _half(rgb: np.ndarray) -> np.ndarray:
     """The frame at half size (MATLAB bicubic), at least 8 pixels a side."""
     h, w = max(8, rgb.shape[0] // 2), max(8, rgb.shape[1] // 2)
     return np.clip(imresize(rgb.astype(np.float64), output_shape=(h, w)), 0, 1).astype(np.float32)
+
+
+def time_frames(up: Upscaler, frame: np.ndarray, runs: int) -> dict:
+    """Median/min ms of up.frame(frame) over `runs` runs after one warm-up, and output MP/s."""
+    up.frame(frame)   # warm-up: allocations, delegate set-up
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        out = up.frame(frame)
+        times.append((time.perf_counter() - t0) * 1000)
+    med = statistics.median(times)
+    return {"input": f"{frame.shape[1]}x{frame.shape[0]}", "output": f"{out.shape[1]}x{out.shape[0]}",
+            "tile": list(up.tile) if up.tile else None, "windows": up.windows(*frame.shape[:2]), "runs": runs,
+            "median_ms": round(med, 2), "min_ms": round(min(times), 2),
+            "output_mp_per_s": round(out.shape[0] * out.shape[1] / 1e6 / (med / 1000), 3)}

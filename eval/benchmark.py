@@ -19,7 +19,7 @@ from tqdm import tqdm
 from drsan_kit.core.datasets import Pair, find_sets, load_pairs
 from drsan_kit.core.imresize import imresize
 from drsan_kit.core.metrics import CONVENTIONS, psnr_y, ssim_y
-from drsan_kit.core.variants import BICUBIC_PUBLISHED, PAPER_RESULTS, SCALES, VARIANTS
+from drsan_kit.core.variants import PAPER_RESULTS, SCALES, VARIANTS
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "benchmarks"

@@ -2,7 +2,6 @@
 import json
 import shutil
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -43,7 +42,7 @@ def test_fp32_onnx_has_no_drift_and_reports_are_written(onnx_artifacts, tiny_set
     assert (out / "drift.png").stat().st_size > 1000 and any((out / "heatmaps").iterdir())
     assert "gate passed" in proc.stderr
     # the saved reference is reused without recomputing
-    proc2 = run_tool("eval/drift.py", "--artifacts", arts, "--data", tiny_sets, "--out", tmp_path / "r2",
+    run_tool("eval/drift.py", "--artifacts", arts, "--data", tiny_sets, "--out", tmp_path / "r2",
                      "--reference", tmp_path / "ref.npz")
     rep2 = json.loads((tmp_path / "r2" / "drift.json").read_text())
     assert "loaded from" in rep2["reference"]["device"]

@@ -1,6 +1,5 @@
 """edge_runtime/run.py as users run it: images, folders, video, bad input, the light device path."""
 import json
-import os
 import subprocess
 import sys
 
