@@ -168,6 +168,7 @@ def parse_args(argv=None):
     ap.add_argument("--sets", default=None, help="comma-separated subset of sets, e.g. Set5,Set14")
     ap.add_argument("--tile", type=lambda t: tuple(int(v) for v in t.split("x")), default=None,
                     help="window HxW for dynamic-shape artifacts (default: whole image)")
+    ap.add_argument("--exclude", default="", help="comma-separated precisions to leave out, e.g. int16x8")
     ap.add_argument("--margin", type=int, default=8, help="tile context margin, as in the runtime (default 8)")
     ap.add_argument("--convention", choices=CONVENTIONS, default="authors", help="Y convention (default authors)")
     ap.add_argument("--threads", type=int, default=0, help="interpreter threads")
@@ -191,7 +192,8 @@ def main(argv=None) -> int:
             sys.exit(f"error: none of {args.sets} under {data}")
     if not args.artifacts.is_dir():
         sys.exit(f"error: artifact folder {args.artifacts} not found")
-    artifacts = discover(args.artifacts, args.scale)
+    excluded = set(filter(None, args.exclude.split(",")))
+    artifacts = [a for a in discover(args.artifacts, args.scale) if a.precision not in excluded]
     store = Reference.load(args.reference, args.variant, args.scale) if args.reference else None
     reference = Reference(args, store)
     ups = []
