@@ -63,3 +63,31 @@ def update_manifest(folder, model: dict, entries: list[dict]) -> Path:
     with atomic_path(folder / MANIFEST_NAME) as tmp:
         tmp.write_text(json.dumps(manifest, indent=2))
     return folder / MANIFEST_NAME
+
+
+def markdown_table(folder) -> str:
+    """The artifacts of a folder as a Markdown table (file, precision, size, the converter's check)."""
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise SystemExit(f"error: no {MANIFEST_NAME} in {folder}")
+    m = manifest["model"]
+    lines = [f"DRSAN-{m['variant']} x{m['scale']}, checkpoint {Path(m['checkpoint']).name}", "",
+             "| artifact | precision | tile | size | PSNR vs FP32 PyTorch (worst crop) | max abs error | check |",
+             "|---|---|---|---|---|---|---|"]
+    for a in manifest["artifacts"]:
+        c = a["check"]
+        tile = "x".join(map(str, a["tile"])) if a.get("tile") else "dynamic"
+        how = "FP16 emulation (estimate)" if c.get("estimate") else "run"
+        psnr_cell = f"{c['psnr_vs_reference_db']:.1f} dB" if "psnr_vs_reference_db" in c else "-"
+        err = f"{c['max_abs_error']:.5f}" if "max_abs_error" in c else "-"
+        lines.append(f"| {a['file']} | {a['precision']} | {tile} | {a['size_bytes'] / 1e6:.2f} MB | {psnr_cell} | "
+                     f"{err} | {how} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Print the artifacts described by a folder's manifest.json.")
+    ap.add_argument("folder", help="a converters' --out folder")
+    print(markdown_table(ap.parse_args().folder))
