@@ -243,7 +243,8 @@ def main(argv=None):
             bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr_now:.2e}", refresh=False)
             done = state["iteration"]
             val = None
-            if val_pairs and (done % args.val_every == 0 or done == args.iters):
+            out_of_time = deadline is not None and time.time() > deadline
+            if val_pairs and (done % args.val_every == 0 or done in (args.iters, stop_at) or out_of_time):
                 val = validate(model, val_pairs, args.scale, device)
                 if state["best_val"] is None or val > state["best_val"]:
                     state["best_val"] = val
@@ -257,13 +258,12 @@ def main(argv=None):
                                      "" if val is None else round(val, 4)])
                     fh.flush()
                 loss_acc, n_acc = 0.0, 0
-            out_of_time = deadline is not None and time.time() > deadline
             if done % args.save_every == 0 or done in (args.iters, stop_at) or out_of_time:
                 save_all()
             if out_of_time:
                 log(f"\nstopping at iteration {done} (--stop-after-minutes); run the same command to resume")
                 break
-            if rank == 0 and (val is not None or done == args.iters):
+            if rank == 0 and (val is not None or done in (args.iters, stop_at) or out_of_time):
                 save_checkpoint(out / "model.pt", model, meta())
         bar.close()
     log(f"done: {out / 'model.pt'} ({state['iteration']} iterations, {state['seconds'] / 3600:.2f} h)")
