@@ -55,7 +55,7 @@ def test_y_conventions_differ_only_where_documented():
     assert np.all(np.abs(ya - ym) <= 0.5) and np.array_equal(ym, np.round(ym))
     gray = np.repeat(rgb[..., :1], 3, axis=2)
     assert np.array_equal(rgb_to_y(gray, "matlab", gray=True), gray[..., 0].astype(float))
-    assert np.allclose(rgb_to_y(gray, "authors", gray=True), 16 + 219 * gray[..., 0] / 255.0)
+    assert np.allclose(rgb_to_y(gray, "authors", gray=True), 16 + 219 * gray[..., 0].astype(float) / 255.0)
 
 
 def test_psnr_shaves_border_and_is_infinite_for_identical():
