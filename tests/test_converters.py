@@ -89,3 +89,12 @@ def test_check_fails_loudly_when_tolerance_is_missed():
     ref = np.zeros((2, 8, 8, 3), np.float32)
     with pytest.raises(common.ConversionError, match="outside the fp32 tolerance"):
         common.enforce(common.compare(ref + 0.01, ref), "fp32", "x.onnx")
+
+
+def test_coreml_int8_weight_compression_shrinks_the_model(tmp_path, shipped_x4):
+    pytest.importorskip("coremltools")
+    for extra in ([], ["--weights-int8"]):
+        run_tool("converters/to_coreml.py", "--variant", "32s", "--tile", "16x16", "--extra-tiles", "", *extra,
+                 "--out", tmp_path)
+    sizes = {a["precision"]: a["size_bytes"] for a in _manifest(tmp_path)["artifacts"]}
+    assert set(sizes) == {"fp16", "fp16_w8"} and sizes["fp16_w8"] < 0.7 * sizes["fp16"]
