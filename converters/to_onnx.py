@@ -5,7 +5,11 @@
 from __future__ import annotations
 
 import argparse
+import shutil
+import tempfile
 from pathlib import Path
+
+import numpy as np
 
 from drsan_kit.converters import common
 from drsan_kit.converters.export import deploy_model, export_onnx
@@ -15,12 +19,12 @@ def convert_onnx(model, tile, out: Path, name: str, dynamic: bool, crops, refere
     """Export, run with ONNX Runtime on the check crops, enforce the fp32 tolerance; returns the manifest record."""
     from drsan_kit.edge_runtime.backends.onnx import OnnxBackend
 
-    path = export_onnx(deploy_model(model), out / name, tile, dynamic=dynamic)
-    backend = OnnxBackend(path, scale=model.scale)
-    outputs = [backend(c) for c in crops]
-    import numpy as np
-
-    check = common.enforce(common.compare(np.stack(outputs), reference), "fp32", path.name)
+    with tempfile.TemporaryDirectory(prefix="drsan-onnx-", dir=out) as tmp:
+        staged = export_onnx(deploy_model(model), Path(tmp) / name, tile, dynamic=dynamic)
+        backend = OnnxBackend(staged, scale=model.scale)
+        outputs = np.stack([backend(c) for c in crops])
+        check = common.enforce(common.compare(outputs, reference), "fp32", name)
+        path = Path(shutil.move(str(staged), out / name))   # only a checked file reaches --out
     return common.artifact_record(path, "onnx", "fp32", tile, dynamic, check, opset=17,
                                   runtime="onnxruntime CPU")
 
