@@ -19,12 +19,16 @@ COEFF_MODES = ("tile", "frame", "downscaled")
 
 
 class Upscaler:
-    def __init__(self, backend, tile: tuple[int, int] | None = None, margin: int = 8, coeffs: str = "tile"):
+    def __init__(self, backend, tile: tuple[int, int] | None = None, margin: int = 8, coeffs: str = "tile",
+                 pad_to_tile: bool | None = None):
         """tile: the window for shape-flexible backends (None: whole frame); fixed-shape models use their own.
 
         coeffs: where each window's DRA coefficients r come from: "tile" (its own pixels, what a plain
         exported model does), "frame" (the whole frame, exact; one extra pass) or "downscaled" (the frame
         at half size, cheap). The last two need a backend that takes r from outside (torch for now).
+
+        pad_to_tile: pad windows smaller than the tile up to it, as a fixed-shape model needs (default: only
+        for fixed-shape backends). The drift harness sets it to run the reference exactly like an artifact.
         """
         if coeffs not in COEFF_MODES:
             raise ValueError(f"coeffs must be one of {COEFF_MODES}")
@@ -33,7 +37,8 @@ class Upscaler:
         self.backend, self.coeffs = backend, coeffs
         fixed = backend.input_hw is not None
         self.tile = backend.input_hw if fixed else tile
-        self.tiler = Tiler(backend.scale, self.tile, margin=margin, fixed_shape=fixed)
+        pad = fixed if pad_to_tile is None else pad_to_tile
+        self.tiler = Tiler(backend.scale, self.tile, margin=margin, fixed_shape=pad)
         self.scale = backend.scale
 
     def frame(self, rgb: np.ndarray, out_dtype=np.float32, on_tile=None) -> np.ndarray:

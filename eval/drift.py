@@ -92,8 +92,8 @@ class Reference:
     def get(self, key: str, lr: np.ndarray, tile, margin: int) -> np.ndarray:
         full_key = f"{key}|{'full' if tile is None else f'{tile[0]}x{tile[1]}m{margin}'}"
         if full_key not in self.store:
-            up = Upscaler(self.backend, tile=tile, margin=margin)
-            up.tiler.fixed_shape = tile is not None   # tile like the artifact does, padding included
+            # tile like the artifact does, padding included
+            up = Upscaler(self.backend, tile=tile, margin=margin, pad_to_tile=tile is not None)
             self.store[full_key] = up.frame(lr, out_dtype=np.uint8)
         return self.store[full_key]
 
@@ -132,8 +132,7 @@ def open_artifact(art: Artifact, args, reference: Reference):
         art.label = art.path.name
         art.tile = backend.input_hw or art.tile
     tile = art.tile or args.tile
-    up = Upscaler(backend, tile=tile, margin=args.margin)
-    up.tiler.fixed_shape = tile is not None
+    up = Upscaler(backend, tile=tile, margin=args.margin, pad_to_tile=tile is not None)
     art.tile = up.tile
     return up
 

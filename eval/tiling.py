@@ -64,8 +64,8 @@ def main(argv=None):
         ref = whole.frame(pair.lr, out_dtype=np.uint8)
         ref_p = psnr_y(ref, pair.hr, args.scale, gray=pair.gray) if pair.hr is not None else None
         for tile, mode in settings:
-            up = Upscaler(backend, tile=tile, margin=args.margin, coeffs=mode)
-            up.tiler.fixed_shape = True   # as a fixed-shape artifact would: small images padded to the tile
+            # as a fixed-shape artifact would: small images padded to the tile
+            up = Upscaler(backend, tile=tile, margin=args.margin, coeffs=mode, pad_to_tile=True)
             t0 = time.perf_counter()
             out = up.frame(pair.lr, out_dtype=np.uint8)
             key = f"{tile[0]}x{tile[1]}|{mode}"
