@@ -28,7 +28,8 @@ class Upscaler:
         at half size, cheap). The last two need a backend that takes r from outside (torch for now).
 
         pad_to_tile: pad windows smaller than the tile up to it, as a fixed-shape model needs (default: only
-        for fixed-shape backends). The drift harness sets it to run the reference exactly like an artifact.
+        for fixed-shape backends that cannot run a smaller window, i.e. not TFLite). The drift harness sets it
+        to run the reference exactly like an artifact.
         """
         if coeffs not in COEFF_MODES:
             raise ValueError(f"coeffs must be one of {COEFF_MODES}")
@@ -37,7 +38,9 @@ class Upscaler:
         self.backend, self.coeffs = backend, coeffs
         fixed = backend.input_hw is not None
         self.tile = backend.input_hw if fixed else tile
-        pad = fixed if pad_to_tile is None else pad_to_tile
+        if pad_to_tile is None:
+            pad_to_tile = fixed and not getattr(backend, "fits_smaller", False)
+        pad = pad_to_tile
         self.tiler = Tiler(backend.scale, self.tile, margin=margin, fixed_shape=pad)
         self.scale = backend.scale
 

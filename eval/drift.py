@@ -43,6 +43,7 @@ class Artifact:
     precision: str
     tile: tuple[int, int] | None
     estimate: bool = False
+    pad: bool = True        # small images padded up to the tile (False: the backend resizes instead)
     label: str = ""
     rows: list = field(default_factory=list)
 
@@ -89,11 +90,12 @@ class Reference:
     def device(self) -> str:
         return self.store.get("__device__", self.backend.name if self._backend or not self.store else "unknown")
 
-    def get(self, key: str, lr: np.ndarray, tile, margin: int) -> np.ndarray:
-        full_key = f"{key}|{'full' if tile is None else f'{tile[0]}x{tile[1]}m{margin}'}"
+    def get(self, key: str, lr: np.ndarray, tile, margin: int, pad: bool = True) -> np.ndarray:
+        how = "full" if tile is None else f"{tile[0]}x{tile[1]}m{margin}" + ("" if pad else "nopad")
+        full_key = f"{key}|{how}"
         if full_key not in self.store:
-            # tile like the artifact does, padding included
-            up = Upscaler(self.backend, tile=tile, margin=margin, pad_to_tile=tile is not None)
+            # tile like the artifact does, padding (or not) included
+            up = Upscaler(self.backend, tile=tile, margin=margin, pad_to_tile=pad and tile is not None)
             self.store[full_key] = up.frame(lr, out_dtype=np.uint8)
         return self.store[full_key]
 
@@ -132,8 +134,10 @@ def open_artifact(art: Artifact, args, reference: Reference):
         art.label = art.path.name
         art.tile = backend.input_hw or art.tile
     tile = art.tile or args.tile
-    up = Upscaler(backend, tile=tile, margin=args.margin, pad_to_tile=tile is not None)
-    art.tile = up.tile
+    # fixed-shape artifacts pad small windows unless the backend can resize (TFLite); dynamic ones with --tile pad too
+    pad = None if backend.input_hw is not None else tile is not None
+    up = Upscaler(backend, tile=tile, margin=args.margin, pad_to_tile=pad)
+    art.tile, art.pad = up.tile, up.tiler.fixed_shape
     return up
 
 
@@ -215,7 +219,7 @@ def main(argv=None) -> int:
                 ref_ssim = ssim_y(ref, pair.hr, args.scale, args.convention, pair.gray)
                 for art, up in ups:
                     out = up.frame(pair.lr, out_dtype=np.uint8)
-                    ref_t = reference.get(key, pair.lr, art.tile, args.margin)
+                    ref_t = reference.get(key, pair.lr, art.tile, args.margin, art.pad)
                     row = {"set": set_dir.name, "image": pair.name,
                            "psnr": psnr_y(out, pair.hr, args.scale, args.convention, pair.gray),
                            "ssim": ssim_y(out, pair.hr, args.scale, args.convention, pair.gray),

@@ -163,3 +163,23 @@ def test_tflite_path_runs_without_torch_or_tensorflow(tflite_artifacts, photos, 
     assert proc.returncode == 0, proc.stderr
     assert Image.open(tmp_path / "o.png").size == (200, 160)
     assert "int8" in proc.stderr and "ai-edge-litert" in proc.stderr
+
+
+def test_tflite_small_frame_runs_unpadded_and_equals_whole_frame(tflite_artifacts, shipped_x4):
+    # A frame smaller than the tile: the interpreter is resized, so neither the DRA coefficients nor the
+    # borders see padding, and fp32 TFLite reproduces the whole-frame PyTorch output.
+    from drsan_kit.core.metrics import psnr
+    from drsan_kit.edge_runtime.backends import open_backend
+    from drsan_kit.edge_runtime.upscaler import Upscaler
+
+    frame = np.random.default_rng(3).random((17, 21, 3)).astype(np.float32)
+    ref = Upscaler(open_backend("torch", shipped_x4, variant="32s", scale=4)).frame(frame, out_dtype=np.uint8)
+    tfl = open_backend("tflite", tflite_artifacts / f"drsan_32s_x4_{CONVERT_TILE}_fp32.tflite", scale=4)
+    unpadded = Upscaler(tfl).frame(frame, out_dtype=np.uint8)
+    padded = Upscaler(tfl, pad_to_tile=True).frame(frame, out_dtype=np.uint8)
+    assert tfl.fits_smaller and unpadded.shape == ref.shape
+    assert np.abs(unpadded.astype(int) - ref).max() <= 1
+    assert psnr(unpadded, ref) > psnr(padded, ref) + 10
+    # and the next full-size window still runs at the model's own shape
+    big = np.random.default_rng(4).random((40, 50, 3)).astype(np.float32)
+    assert Upscaler(tfl).frame(big).shape == (160, 200, 3)

@@ -2,6 +2,11 @@
 
 XNNPACK (the default CPU delegate) with --threads; int8/int16 inputs and outputs
 are quantized and dequantized with the model's own scale and zero point.
+
+A window smaller than the model's input (a frame smaller than the tile) runs at its
+own size: the interpreter's input is resized rather than the window padded, so a
+small image gets exactly its whole-frame output (padding changes the DRA
+coefficients and the borders). Models that refuse a resize fall back to padding.
 """
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import numpy as np
 
 from drsan_kit.edge_runtime.backends import BackendError
 from drsan_kit.edge_runtime.backends.common import check_io_shapes
+from drsan_kit.edge_runtime.tiler import pad_to
 
 
 def _interpreter_class():
@@ -59,8 +65,24 @@ class TFLiteBackend:
         self.io = f"{kinds.get(self.inp['dtype'], self.inp['dtype'])} I/O"
         self.precision = None   # known from the manifest; shapes alone cannot tell fp16 from fp32
         self.name = f"tflite ({self.runtime}, XNNPACK)"
+        self.fits_smaller = True   # windows smaller than input_hw run unpadded (see the module docstring)
+        self._shape = tuple(self.input_hw)
+
+    def _resize(self, hw: tuple[int, int]) -> bool:
+        try:
+            self.interp.resize_tensor_input(self.inp["index"], [1, *hw, 3], strict=False)
+            self.interp.allocate_tensors()
+        except (ValueError, RuntimeError):
+            return False
+        self._shape = hw
+        return True
 
     def __call__(self, tile: np.ndarray) -> np.ndarray:
+        h, w = tile.shape[:2]
+        if (h, w) != self._shape and not self._resize((h, w)):
+            self.fits_smaller = False
+            self._resize(tuple(self.input_hw))
+            return self(pad_to(tile, *self.input_hw))[: h * self.scale, : w * self.scale]
         x = tile[None].astype(np.float32)
         if self.inp["dtype"] != np.float32:
             x = _quantize(x, self.inp)
