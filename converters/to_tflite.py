@@ -86,7 +86,15 @@ def onnx_to_saved_model(onnx_path: Path, workdir: Path, sample: np.ndarray, verb
     return out
 
 
-def convert_mode(saved_model: Path, mode: str, calib: np.ndarray, verbose: bool) -> bytes:
+def build_saved_model(model, tile, workdir: Path, decomposed: bool, sample: np.ndarray, verbose: bool) -> Path:
+    """PyTorch model -> deployable ONNX (DCR, clamped; PReLU decomposed for integer modes) -> SavedModel."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    onnx_path = export_onnx(deploy_model(model, decompose_prelu=decomposed), workdir / "model.onnx", tile)
+    return onnx_to_saved_model(onnx_path, workdir, sample, verbose)
+
+
+def make_converter(saved_model: Path, mode: str, calib: np.ndarray):
+    """A TFLiteConverter set up for one quantization mode (calibrated on `calib` for the integer ones)."""
     import tensorflow as tf
     from tqdm import tqdm
 
@@ -111,6 +119,11 @@ def convert_mode(saved_model: Path, mode: str, calib: np.ndarray, verbose: bool)
         if mode == "int8_io":
             conv.inference_input_type = tf.int8
             conv.inference_output_type = tf.int8
+    return conv
+
+
+def convert_mode(saved_model: Path, mode: str, calib: np.ndarray, verbose: bool) -> bytes:
+    conv = make_converter(saved_model, mode, calib)
     with quiet(not verbose):
         return conv.convert()
 
@@ -159,12 +172,8 @@ def main(argv=None):
             key = "decomposed" if mode in ("int8", "int8_io", "int16x8") else "native"
             if key not in graphs:
                 t0 = time.time()
-                work = tmp / key
-                work.mkdir()
-                onnx_path = export_onnx(deploy_model(model, decompose_prelu=key == "decomposed"),
-                                        work / f"{stem}.onnx", args.tile)
                 sample = common.random_crops(check_images, args.tile, 4, seed=3)
-                graphs[key] = onnx_to_saved_model(onnx_path, work, sample, args.verbose)
+                graphs[key] = build_saved_model(model, args.tile, tmp / key, key == "decomposed", sample, args.verbose)
                 print(f"  onnx2tf ({key} PReLU): SavedModel in {time.time() - t0:.0f} s")
             return graphs[key]
 

@@ -62,6 +62,9 @@ def main(argv=None):
                     help="a backend whose single window takes longer than this is timed on one window and the "
                          "frame time extrapolated (marked 'estimated') instead of running whole frames (default 60)")
     ap.add_argument("--skip", default="", help="comma-separated precisions/backends to skip, e.g. int16x8,torch-full")
+    ap.add_argument("--whole-frame", default="",
+                    help="comma-separated TFLite precisions to time also on the whole frame at once (the "
+                         "interpreter resized), e.g. int8,fp32: tiled vs one-shot for the same model")
     ap.add_argument("--json", type=Path, default=None, help="write results as JSON")
     ap.add_argument("--md", type=Path, default=None, help="write results as a Markdown table")
     args = ap.parse_args(argv)
@@ -106,6 +109,9 @@ def main(argv=None):
             if e.get("dynamic_shape"):
                 bench(name + "-full", backend, None, "one-shot, whole frame")
             bench(name, backend, tile, e["file"])
+            if e["format"] == "tflite" and e["precision"] in args.whole_frame.split(","):
+                backend.input_hw = None   # resizable: one window of the frame's size
+                bench(name + "-full", backend, None, "one-shot, whole frame (interpreter resized)")
     ref = next((r for r in rows if r["backend"] == "torch-full"), rows[0])
     for r in rows:
         r["speed_vs_torch"] = r["output_mp_per_s"] / ref["output_mp_per_s"]

@@ -58,8 +58,9 @@ def parse_args(argv=None):
                     help="upscaling factor; read from the model or its manifest when omitted (--torch: default 4)")
     ap.add_argument("--weights", default=None, help="--torch: checkpoint (default: the shipped one)")
     ap.add_argument("--tile", type=parse_tile, default=None,
-                    help="LR window HxW for shape-flexible models (ONNX dynamic, torch); 0 = whole frame at once. "
-                         "Fixed-shape models always use their own input shape (default 192x336)")
+                    help="LR window HxW, or 0 for the whole frame at once: for shape-flexible models (ONNX dynamic, "
+                         "torch; default 192x336) and TFLite models (resizable; default: the model's own tile). "
+                         "Fixed-shape ONNX and CoreML models always use their own input shape")
     ap.add_argument("--margin", type=int, default=8, help="context pixels around each window, cropped away (default 8)")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads for the interpreter (default: its own choice)")
     ap.add_argument("--out", type=Path, default=Path("results"),
@@ -182,6 +183,9 @@ def main(argv=None) -> int:
                 f"(tile {entry.get('tile')}; from manifest.json)")
     else:
         desc = f"x{backend.scale}, input {backend.input_hw or 'dynamic'} (no manifest beside the model)"
+    if args.tile is not None and getattr(backend, "resizable", False):
+        backend.input_hw = None   # the interpreter follows the windows it is given
+        desc += f"; --tile {'whole frame' if args.tile == 0 else '%dx%d' % args.tile}"
     tile = None if args.tile == 0 else (args.tile or (192, 336))
     try:
         up = Upscaler(backend, tile=tile, margin=args.margin)

@@ -39,7 +39,7 @@ class Upscaler:
         fixed = backend.input_hw is not None
         self.tile = backend.input_hw if fixed else tile
         if pad_to_tile is None:
-            pad_to_tile = fixed and not getattr(backend, "fits_smaller", False)
+            pad_to_tile = fixed and not getattr(backend, "resizable", False)
         pad = pad_to_tile
         self.tiler = Tiler(backend.scale, self.tile, margin=margin, fixed_shape=pad)
         self.scale = backend.scale

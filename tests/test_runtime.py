@@ -177,9 +177,22 @@ def test_tflite_small_frame_runs_unpadded_and_equals_whole_frame(tflite_artifact
     tfl = open_backend("tflite", tflite_artifacts / f"drsan_32s_x4_{CONVERT_TILE}_fp32.tflite", scale=4)
     unpadded = Upscaler(tfl).frame(frame, out_dtype=np.uint8)
     padded = Upscaler(tfl, pad_to_tile=True).frame(frame, out_dtype=np.uint8)
-    assert tfl.fits_smaller and unpadded.shape == ref.shape
+    assert tfl.resizable and unpadded.shape == ref.shape
     assert np.abs(unpadded.astype(int) - ref).max() <= 1
     assert psnr(unpadded, ref) > psnr(padded, ref) + 10
     # and the next full-size window still runs at the model's own shape
     big = np.random.default_rng(4).random((40, 50, 3)).astype(np.float32)
     assert Upscaler(tfl).frame(big).shape == (160, 200, 3)
+
+
+def test_tflite_tile_flag_resizes_the_model(tflite_artifacts, photos, tmp_path):
+    # --tile 0 runs a TFLite model on the whole frame: exactly the PyTorch whole-frame output for fp32.
+    model = tflite_artifacts / f"drsan_32s_x4_{CONVERT_TILE}_fp32.tflite"
+    proc = run_tool("edge_runtime/run.py", "--tflite", model, photos / "a.png", "--tile", "0",
+                    "--out", tmp_path / "whole.png")
+    assert "whole frame" in proc.stderr
+    run_tool("edge_runtime/run.py", "--torch", "--tile", "0", photos / "a.png", "--out", tmp_path / "ref.png")
+    whole = np.asarray(Image.open(tmp_path / "whole.png"), dtype=int)
+    ref = np.asarray(Image.open(tmp_path / "ref.png"), dtype=int)
+    assert whole.shape == ref.shape == (160, 200, 3)
+    assert np.abs(whole - ref).max() <= 1

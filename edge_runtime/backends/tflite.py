@@ -3,10 +3,12 @@
 XNNPACK (the default CPU delegate) with --threads; int8/int16 inputs and outputs
 are quantized and dequantized with the model's own scale and zero point.
 
-A window smaller than the model's input (a frame smaller than the tile) runs at its
-own size: the interpreter's input is resized rather than the window padded, so a
-small image gets exactly its whole-frame output (padding changes the DRA
-coefficients and the borders). Models that refuse a resize fall back to padding.
+The kit's TFLite models are resizable: a window smaller than the model's input (a
+frame smaller than the tile) runs at its own size, the interpreter's input resized
+rather than the window padded, so a small image gets exactly its whole-frame output
+(padding changes the DRA coefficients and the borders). run.py's --tile can also pick
+another window size, or 0 for the whole frame. Models that refuse a resize fall back
+to padding.
 """
 from __future__ import annotations
 
@@ -65,8 +67,8 @@ class TFLiteBackend:
         self.io = f"{kinds.get(self.inp['dtype'], self.inp['dtype'])} I/O"
         self.precision = None   # known from the manifest; shapes alone cannot tell fp16 from fp32
         self.name = f"tflite ({self.runtime}, XNNPACK)"
-        self.fits_smaller = True   # windows smaller than input_hw run unpadded (see the module docstring)
-        self._shape = tuple(self.input_hw)
+        self.resizable = True   # any window size runs (see the module docstring); False after a refused resize
+        self.model_hw = self._shape = tuple(self.input_hw)
 
     def _resize(self, hw: tuple[int, int]) -> bool:
         try:
@@ -80,9 +82,10 @@ class TFLiteBackend:
     def __call__(self, tile: np.ndarray) -> np.ndarray:
         h, w = tile.shape[:2]
         if (h, w) != self._shape and not self._resize((h, w)):
-            self.fits_smaller = False
-            self._resize(tuple(self.input_hw))
-            return self(pad_to(tile, *self.input_hw))[: h * self.scale, : w * self.scale]
+            self.resizable = False
+            if h > self.model_hw[0] or w > self.model_hw[1] or not self._resize(self.model_hw):
+                raise BackendError(f"this TFLite model runs only {self.model_hw[0]}x{self.model_hw[1]} windows")
+            return self(pad_to(tile, *self.model_hw))[: h * self.scale, : w * self.scale]
         x = tile[None].astype(np.float32)
         if self.inp["dtype"] != np.float32:
             x = _quantize(x, self.inp)
