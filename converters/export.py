@@ -43,39 +43,53 @@ def to_dcr(model: DRSAN) -> DRSAN:
     return out
 
 
-class DecomposedPReLU(torch.nn.Module):
-    """PReLU as relu(x) + depthwise1x1(x - relu(x), slopes).
+PRELU_FORMS = ("sub", "affine")
 
-    The same function from ops that every TFLite mode quantizes well and XNNPACK
-    runs in int8: int8 PRELU has no XNNPACK kernel (a slow reference loop) and
-    int16x8 has no PRELU kernel at all. The slopes live in a depthwise conv so they
-    get per-channel quantization; a plain multiply would share one scale across
-    channels and cost about 10 dB of fidelity.
+
+class DecomposedPReLU(torch.nn.Module):
+    """PReLU from ops that every TFLite mode quantizes well and XNNPACK runs in int8.
+
+    int8 PRELU has no XNNPACK kernel (a slow reference loop) and int16x8 has no PRELU
+    kernel at all. The slopes live in depthwise convs so they get per-channel
+    quantization (a plain multiply would share one scale across channels and cost
+    about 10 dB of fidelity). Two spellings of the same function:
+    - "sub" (default): relu(x) + depthwise1x1(x - relu(x), a). Its x - relu(x) holds
+      the negative parts alone; their calibrated range is narrow and clips, and
+      eval/sensitivity.py ranks these SUBs as the worst int8 layers;
+    - "affine": depthwise1x1(x, a) + depthwise1x1(relu(x), 1 - a), which removes
+      those outliers but, measured end to end, does not change the int8 drift
+      (reports/sensitivity_32s_x4*), so the shipped artifacts keep "sub".
     """
 
-    def __init__(self, prelu: torch.nn.PReLU):
+    def __init__(self, prelu: torch.nn.PReLU, form: str = "sub"):
         super().__init__()
+        if form not in PRELU_FORMS:
+            raise ValueError(f"PReLU form must be one of {PRELU_FORMS}")
+        self.form = form
         self.weight = torch.nn.Parameter(prelu.weight.detach().clone().reshape(-1, 1, 1, 1))
 
     def forward(self, x):
         pos = torch.relu(x)
-        return pos + F.conv2d(x - pos, self.weight, groups=self.weight.shape[0])
+        groups = self.weight.shape[0]
+        if self.form == "sub":
+            return pos + F.conv2d(x - pos, self.weight, groups=groups)
+        return F.conv2d(x, self.weight, groups=groups) + F.conv2d(pos, 1 - self.weight, groups=groups)
 
 
-def _decompose_prelu(module: torch.nn.Module):
+def _decompose_prelu(module: torch.nn.Module, form: str):
     for name, child in module.named_children():
         if isinstance(child, torch.nn.PReLU):
-            setattr(module, name, DecomposedPReLU(child))
+            setattr(module, name, DecomposedPReLU(child, form))
         else:
-            _decompose_prelu(child)
+            _decompose_prelu(child, form)
 
 
-def deploy_model(model: DRSAN, decompose_prelu: bool = False) -> DRSAN:
+def deploy_model(model: DRSAN, decompose_prelu: bool = False, prelu_form: str = "sub") -> DRSAN:
     """The graph that converters export: DCR upsampler, output clamped to [0, 1], eval mode, on the CPU."""
     m = to_dcr(model).cpu().eval()
     m.clamp = True
     if decompose_prelu:
-        _decompose_prelu(m)
+        _decompose_prelu(m, prelu_form)
     return m
 
 

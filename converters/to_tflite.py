@@ -13,8 +13,9 @@ Quantization modes:
   int8_io   full-integer int8 with int8 input/output tensors
   int16x8   int16 activations, int8 weights, float32 input/output (the two depth-to-space
             ops, which have no 16x8 kernel, stay float)
-In the integer modes PReLU is exported as relu(x) + depthwise1x1(x - relu(x)): the
-same function, with per-channel slopes, from ops XNNPACK runs in int8.
+In the integer modes PReLU is exported as relu(x) + depthwise1x1(x - relu(x), a)
+(--prelu sub, the default) or depthwise1x1(x, a) + depthwise1x1(relu(x), 1 - a) (--prelu affine):
+the same function, with per-channel slopes, from ops XNNPACK runs in int8.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from drsan_kit.converters import common
-from drsan_kit.converters.export import deploy_model, export_onnx
+from drsan_kit.converters.export import PRELU_FORMS, deploy_model, export_onnx
 
 QUANT_MODES = ("fp32", "fp16", "int8", "int8_io", "int16x8")
 CHECK_PRECISION = {"fp32": "fp32", "fp16": "fp16", "int8": "int8", "int8_io": "int8", "int16x8": "int16x8"}
@@ -86,10 +87,12 @@ def onnx_to_saved_model(onnx_path: Path, workdir: Path, sample: np.ndarray, verb
     return out
 
 
-def build_saved_model(model, tile, workdir: Path, decomposed: bool, sample: np.ndarray, verbose: bool) -> Path:
+def build_saved_model(model, tile, workdir: Path, decomposed: bool, sample: np.ndarray, verbose: bool,
+                      prelu_form: str = "sub") -> Path:
     """PyTorch model -> deployable ONNX (DCR, clamped; PReLU decomposed for integer modes) -> SavedModel."""
     workdir.mkdir(parents=True, exist_ok=True)
-    onnx_path = export_onnx(deploy_model(model, decompose_prelu=decomposed), workdir / "model.onnx", tile)
+    deployable = deploy_model(model, decompose_prelu=decomposed, prelu_form=prelu_form)
+    onnx_path = export_onnx(deployable, workdir / "model.onnx", tile)
     return onnx_to_saved_model(onnx_path, workdir, sample, verbose)
 
 
@@ -148,6 +151,8 @@ def main(argv=None):
                          "(default: photographs shipped with scikit-image); inputs are RGB in [0, 1], "
                          "mean 0, std 1, no ImageNet statistics")
     ap.add_argument("--calib-count", type=int, default=32, help="calibration crops (default 32)")
+    ap.add_argument("--prelu", choices=PRELU_FORMS, default="sub",
+                    help="how integer modes spell PReLU (default sub; see converters/export.py)")
     ap.add_argument("--threads", type=int, default=0, help="interpreter threads for the check")
     ap.add_argument("--keep-saved-model", action="store_true", help="keep onnx2tf's SavedModel in --out")
     ap.add_argument("--verbose", action="store_true", help="show onnx2tf and TensorFlow output")
@@ -167,13 +172,14 @@ def main(argv=None):
         graphs = {}
 
         def saved_model_for(mode: str) -> Path:
-            # Integer modes get PReLU spelled as relu/sub/depthwise-conv/add (see DecomposedPReLU):
+            # Integer modes get PReLU spelled with relu/depthwise-conv/add (see DecomposedPReLU):
             # int16x8 has no PRELU kernel, and int8 PRELU has no XNNPACK kernel.
             key = "decomposed" if mode in ("int8", "int8_io", "int16x8") else "native"
             if key not in graphs:
                 t0 = time.time()
                 sample = common.random_crops(check_images, args.tile, 4, seed=3)
-                graphs[key] = build_saved_model(model, args.tile, tmp / key, key == "decomposed", sample, args.verbose)
+                graphs[key] = build_saved_model(model, args.tile, tmp / key, key == "decomposed", sample, args.verbose,
+                                                args.prelu)
                 print(f"  onnx2tf ({key} PReLU): SavedModel in {time.time() - t0:.0f} s")
             return graphs[key]
 
@@ -196,6 +202,7 @@ def main(argv=None):
                 io="int8" if mode == "int8_io" else "float32",
                 calibration=calib_desc + f" ({args.calib_count} random {args.tile[0]}x{args.tile[1]} crops)"
                 if mode.startswith("int") else None,
+                prelu=args.prelu if mode.startswith("int") else "native",
                 converter="onnx2tf (TensorFlow SavedModel) + tf.lite.TFLiteConverter",
                 tools=common.tool_versions("torch", "onnx", "onnx2tf", "tensorflow", "ai-edge-litert")))
             # Described as soon as it lands: a later mode's failure leaves a consistent folder.

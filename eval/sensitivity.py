@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from drsan_kit.converters import common
+from drsan_kit.converters.export import PRELU_FORMS
 from drsan_kit.converters.to_tflite import build_saved_model, make_converter, quiet
 
 
@@ -46,6 +47,8 @@ def parse_args(argv=None):
                     help="numbers of worst layers to keep in float, one model each (default 0,1,3,5)")
     ap.add_argument("--data", default=None, help="benchmark sets folder (default ../shared/benchmarks)")
     ap.add_argument("--sets", default="Set5", help="sets for dPSNR against HR, comma-separated ('' for none)")
+    ap.add_argument("--prelu", choices=PRELU_FORMS, default="sub",
+                    help="how integer models spell PReLU (default sub, as the converter; see converters/export.py)")
     ap.add_argument("--threads", type=int, default=0, help="interpreter threads")
     ap.add_argument("--verbose", action="store_true", help="show onnx2tf and TensorFlow output")
     return ap.parse_args(argv)
@@ -132,7 +135,7 @@ def main(argv=None) -> int:
     print(f"int8 sensitivity of DRSAN-{args.variant} x{args.scale} ({weights}), tile {args.tile[0]}x{args.tile[1]}")
     with tempfile.TemporaryDirectory(prefix="drsan-sens-") as tmp:
         tmp = Path(tmp)
-        saved = build_saved_model(model, args.tile, tmp / "graph", True, crops[:2], args.verbose)
+        saved = build_saved_model(model, args.tile, tmp / "graph", True, crops[:2], args.verbose, args.prelu)
         debugger = run_debugger(saved, calib, debug)
         t0 = time.time()
         with quiet(not args.verbose):
@@ -152,6 +155,7 @@ def main(argv=None) -> int:
             print(f"  {k} worst layer(s) in float: fidelity {res['fidelity_psnr']} dB, dPSNR {res['dpsnr']}, "
                   f"{res['ms_per_window']} ms/window")
     report = {"variant": args.variant, "scale": args.scale, "weights": str(weights), "tile": list(args.tile),
+              "prelu": args.prelu,
               "calibration": f"{desc} ({args.calib_count} crops)", "debug_crops": args.debug_count,
               "sets": set_names, "layers": layers, "selective": variants}
     write(out, report)
@@ -196,7 +200,7 @@ def chart(report: dict, path: Path):
 def markdown(report: dict) -> str:
     ranked = sorted(report["layers"], key=lambda r: -r["rmse_steps"])
     lines = [f"# int8 sensitivity: DRSAN-{report['variant']} x{report['scale']}", "",
-             f"Weights `{report['weights']}`; analysis tile {report['tile'][0]}x{report['tile'][1]}; "
+             f"Weights `{report['weights']}`; PReLU spelled `{report['prelu']}` (converters/export.py); analysis tile {report['tile'][0]}x{report['tile'][1]}; "
              f"calibration {report['calibration']}; layer errors from TFLite's QuantizationDebugger on "
              f"{report['debug_crops']} crops (each op given the same input in float and int8). "
              "Error in units of the tensor's quantization step; pure rounding gives RMSE 0.29.", "",

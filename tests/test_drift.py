@@ -62,3 +62,32 @@ def test_gate_fails_when_an_artifact_drifts(shipped_x4, tiny_sets, tmp_path):
     proc = run_tool("eval/drift.py", "--artifacts", arts, "--data", tiny_sets, "--sets", "TinyB",
                     "--weights", shipped_x4, "--out", tmp_path / "r", "--max-drift", "0.1", check=False)
     assert proc.returncode == 3 and "DRIFT GATE FAILED" in proc.stderr
+
+
+def test_int8_tflite_drift_stays_small_and_tiling_adds_none(tflite_artifacts, tiny_sets, tmp_path):
+    """Regression guard for the two DRSAN-specific properties on the shipped x4 weights: full-integer int8
+    loses little against FP32, and a resizable TFLite model adds no tiling drift."""
+    arts = tmp_path / "arts"
+    arts.mkdir()
+    name = f"drsan_32s_x4_{CONVERT_TILE}_int8.tflite"
+    shutil.copy(tflite_artifacts / name, arts / name)
+    manifest = json.loads((tflite_artifacts / "manifest.json").read_text())
+    manifest["artifacts"] = [a for a in manifest["artifacts"] if a["file"] == name]
+    (arts / "manifest.json").write_text(json.dumps(manifest))
+    run_tool("eval/drift.py", "--artifacts", arts, "--data", tiny_sets, "--out", tmp_path / "rep", "--max-drift", "0.2")
+    entry = json.loads((tmp_path / "rep" / "drift.json").read_text())["artifacts"][0]
+    for e in entry["sets"].values():
+        assert e["dpsnr"] > -0.2 and e["quant_fidelity_psnr"] > 35
+
+
+def test_sensitivity_report_ranks_layers(shipped_x4, tiny_sets, tmp_path):
+    pytest.importorskip("tensorflow")
+    out = tmp_path / "sens"
+    run_tool("eval/sensitivity.py", "--tile", "24x32", "--calib-count", "4", "--debug-count", "2", "--float-top",
+             "0,2", "--data", tiny_sets, "--sets", "TinyB", "--out", out)
+    rep = json.loads((out / "sensitivity.json").read_text())
+    assert len(rep["layers"]) > 100 and all(r["rmse_steps"] >= 0 for r in rep["layers"])
+    assert [v["float_layers"] for v in rep["selective"]] == [0, 2]
+    assert len(rep["selective"][1]["denylisted"]) == 2
+    assert all(v["fidelity_psnr"] > 28 and v["dpsnr"] is not None for v in rep["selective"])
+    assert (out / "sensitivity.png").stat().st_size > 1000 and "Worst layers" in (out / "sensitivity.md").read_text()

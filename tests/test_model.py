@@ -86,11 +86,12 @@ def test_corrupt_and_foreign_checkpoints_are_clear_errors(tmp_path):
         load_checkpoint(foreign)
 
 
-def test_decomposed_prelu_graph_equals_the_model():
+@pytest.mark.parametrize("form", ["affine", "sub"])
+def test_decomposed_prelu_graph_equals_the_model(form):
     from drsan_kit.converters.export import DecomposedPReLU, deploy_model
 
     m = _randomised(build_model("32s", 3))
-    native, decomposed = deploy_model(m), deploy_model(m, decompose_prelu=True)
+    native, decomposed = deploy_model(m), deploy_model(m, decompose_prelu=True, prelu_form=form)
     assert any(isinstance(x, DecomposedPReLU) for x in decomposed.modules())
     assert not any(isinstance(x, torch.nn.PReLU) for x in decomposed.modules())
     x = torch.rand(1, 3, 10, 12)
