@@ -46,6 +46,9 @@ def main(argv=None):
     ap.add_argument("--margin", type=int, default=8)
     ap.add_argument("--modes", default=",".join(COEFF_MODES), help="coefficient sources to compare")
     ap.add_argument("--frames", type=int, default=2, help="1280x720 photo frames to add (fidelity only)")
+    ap.add_argument("--pad", action="store_true",
+                    help="pad images smaller than the tile up to it, as fixed-shape ONNX/CoreML models do "
+                         "(default: run them at their own size, as the resizable TFLite models do)")
     ap.add_argument("--out", type=Path, default=Path("reports/tiling"))
     args = ap.parse_args(argv)
     data = data_dir_or_exit(args.data)
@@ -64,8 +67,7 @@ def main(argv=None):
         ref = whole.frame(pair.lr, out_dtype=np.uint8)
         ref_p = psnr_y(ref, pair.hr, args.scale, gray=pair.gray) if pair.hr is not None else None
         for tile, mode in settings:
-            # as a fixed-shape artifact would: small images padded to the tile
-            up = Upscaler(backend, tile=tile, margin=args.margin, coeffs=mode, pad_to_tile=True)
+            up = Upscaler(backend, tile=tile, margin=args.margin, coeffs=mode, pad_to_tile=args.pad)
             t0 = time.perf_counter()
             out = up.frame(pair.lr, out_dtype=np.uint8)
             key = f"{tile[0]}x{tile[1]}|{mode}"
@@ -78,7 +80,7 @@ def main(argv=None):
     summary = {s: {k: {"dpsnr": float(np.mean(v["dpsnr"])) if v["dpsnr"] else None,
                        "fidelity_psnr": float(np.mean(v["fidelity"])), "images": len(v["fidelity"])}
                    for k, v in d.items()} for s, d in results.items()}
-    report = {"variant": args.variant, "scale": args.scale, "margin": args.margin, "sets": summary,
+    report = {"variant": args.variant, "scale": args.scale, "margin": args.margin, "padded": args.pad, "sets": summary,
               "seconds_per_720p_frame": {k: float(np.median(v)) for k, v in timing.items()}}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "tiling.json").write_text(json.dumps(report, indent=2))
@@ -88,7 +90,9 @@ def main(argv=None):
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# Tiling drift: DRSAN-{report['variant']} x{report['scale']} (PyTorch, margin {report['margin']} px)", "",
+    pad = "padded up to the tile" if report.get("padded") else "run at their own size"
+    lines = [f"# Tiling drift: DRSAN-{report['variant']} x{report['scale']} (PyTorch, margin {report['margin']} px, "
+             f"images smaller than the tile {pad})", "",
              "dPSNR: tiled - whole frame, PSNR-Y vs HR (dB). Fidelity: PSNR (RGB, 8-bit) of tiled vs whole-frame "
              "output. r source: tile = each window its own DRA coefficients; frame = the whole frame's (exact); "
              "downscaled = from the frame at half size.", ""]
