@@ -21,14 +21,19 @@ def tiny_sets(tmp_path_factory):
     return root
 
 
-def test_fp32_onnx_has_no_drift_and_reports_are_written(onnx_artifacts, tiny_sets, tmp_path):
+def single_artifact(src, name, tmp_path):
+    """A folder holding one artifact of src and a manifest that lists only it."""
     arts = tmp_path / "arts"
     arts.mkdir()
-    name = f"drsan_32s_x4_{CONVERT_TILE}.onnx"
-    shutil.copy(onnx_artifacts / name, arts / name)
-    manifest = json.loads((onnx_artifacts / "manifest.json").read_text())
+    shutil.copy(src / name, arts / name)
+    manifest = json.loads((src / "manifest.json").read_text())
     manifest["artifacts"] = [a for a in manifest["artifacts"] if a["file"] == name]
     (arts / "manifest.json").write_text(json.dumps(manifest))
+    return arts
+
+
+def test_fp32_onnx_has_no_drift_and_reports_are_written(onnx_artifacts, tiny_sets, tmp_path):
+    arts = single_artifact(onnx_artifacts, f"drsan_32s_x4_{CONVERT_TILE}.onnx", tmp_path)
     out = tmp_path / "report"
     proc = run_tool("eval/drift.py", "--artifacts", arts, "--data", tiny_sets, "--out", out, "--max-drift", "0.02",
                     "--save-reference", tmp_path / "ref.npz")
@@ -67,17 +72,12 @@ def test_gate_fails_when_an_artifact_drifts(shipped_x4, tiny_sets, tmp_path):
 def test_int8_tflite_drift_stays_small_and_tiling_adds_none(tflite_artifacts, tiny_sets, tmp_path):
     """Regression guard for the two DRSAN-specific properties on the shipped x4 weights: full-integer int8
     loses little against FP32, and a resizable TFLite model adds no tiling drift."""
-    arts = tmp_path / "arts"
-    arts.mkdir()
-    name = f"drsan_32s_x4_{CONVERT_TILE}_int8.tflite"
-    shutil.copy(tflite_artifacts / name, arts / name)
-    manifest = json.loads((tflite_artifacts / "manifest.json").read_text())
-    manifest["artifacts"] = [a for a in manifest["artifacts"] if a["file"] == name]
-    (arts / "manifest.json").write_text(json.dumps(manifest))
+    arts = single_artifact(tflite_artifacts, f"drsan_32s_x4_{CONVERT_TILE}_int8.tflite", tmp_path)
     run_tool("eval/drift.py", "--artifacts", arts, "--data", tiny_sets, "--out", tmp_path / "rep", "--max-drift", "0.2")
     entry = json.loads((tmp_path / "rep" / "drift.json").read_text())["artifacts"][0]
     for e in entry["sets"].values():
         assert e["dpsnr"] > -0.2 and e["quant_fidelity_psnr"] > 35
+        assert abs(e["tiling_dpsnr"]) < 1e-3   # 24x30 LR images, smaller than the tile: run unpadded
 
 
 def test_sensitivity_report_ranks_layers(shipped_x4, tiny_sets, tmp_path):
