@@ -155,8 +155,11 @@ def process_video(up: Upscaler, src: Path, dst: Path, bars: bool) -> tuple[int, 
 
 
 def check_tile(up: Upscaler, h: int, w: int, src: Path):
-    """An explicit window larger than the frame on a shape-flexible model is a user error, not a silent pad."""
-    if up.tile and not up.tiler.fixed_shape and (up.tile[0] > h or up.tile[1] > w):
+    """An explicit window larger than the frame on a shape-flexible model is a user error, not a silent pad.
+
+    A model's own tile is not: a fixed-shape model pads the frame, a TFLite model runs it at its own size."""
+    own_tile = up.backend.input_hw is not None
+    if up.tile and not own_tile and (up.tile[0] > h or up.tile[1] > w):
         raise InputError(f"{src}: tile {up.tile[0]}x{up.tile[1]} is larger than the {w}x{h} image; "
                          f"use a smaller --tile or --tile 0")
 

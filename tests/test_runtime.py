@@ -185,6 +185,12 @@ def test_tflite_small_frame_runs_unpadded_and_equals_whole_frame(tflite_artifact
     assert Upscaler(tfl).frame(big).shape == (160, 200, 3)
 
 
+def test_tflite_runs_an_image_smaller_than_its_tile(tflite_artifacts, photos, tmp_path):
+    model = tflite_artifacts / f"drsan_32s_x4_{CONVERT_TILE}_int8.tflite"
+    run_tool("edge_runtime/run.py", "--tflite", model, photos / "sub" / "b.jpg", "--out", tmp_path / "b.png")
+    assert Image.open(tmp_path / "b.png").size == (80, 120)
+
+
 def test_tflite_tile_flag_resizes_the_model(tflite_artifacts, photos, tmp_path):
     # --tile 0 runs a TFLite model on the whole frame: exactly the PyTorch whole-frame output for fp32.
     model = tflite_artifacts / f"drsan_32s_x4_{CONVERT_TILE}_fp32.tflite"
