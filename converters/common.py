@@ -106,7 +106,7 @@ def sample_images(folder=None) -> tuple[list[np.ndarray], str]:
 
 
 def random_crops(images: list[np.ndarray], tile: tuple[int, int], n: int, seed: int = 0) -> np.ndarray:
-    """n crops of tile size (reflection-padded where an image is smaller): (n, h, w, 3) float32 in [0, 1]."""
+    """n crops of tile size (edge-padded where an image is smaller): (n, h, w, 3) float32 in [0, 1]."""
     rng = np.random.default_rng(seed)
     th, tw = tile
     out = np.empty((n, th, tw, 3), np.float32)

@@ -59,12 +59,13 @@ def test_fixed_shape_models_get_exactly_their_shape(h, w):
     assert np.allclose(out, frame.repeat(2, 0).repeat(2, 1))
 
 
-def test_pad_to_reflects_and_handles_one_pixel():
+def test_pad_to_repeats_the_edge_and_handles_one_pixel():
     x = np.arange(6, dtype=np.float32).reshape(1, 2, 3)
     assert pad_to(x, 5, 7).shape == (5, 7, 3)
     y = np.arange(12, dtype=np.float32).reshape(2, 2, 3)
-    p = pad_to(y, 3, 2)
-    assert np.array_equal(p[2], y[0])   # reflection, not repetition
+    p = pad_to(y, 4, 3)
+    assert np.array_equal(p[:2, :2], y)
+    assert np.array_equal(p[3], p[1]) and np.array_equal(p[:, 2], p[:, 1])   # repetition, not reflection
 
 
 def test_uint8_output_rounds_and_tile_must_exceed_margin():
