@@ -110,7 +110,7 @@ def main(argv=None):
                 bench(name + "-full", backend, None, "one-shot, whole frame")
             bench(name, backend, tile, e["file"])
             if e["format"] == "tflite" and e["precision"] in args.whole_frame.split(","):
-                backend.input_hw = None   # resizable: one window of the frame's size
+                backend.take_any_window()
                 bench(name + "-full", backend, None, "one-shot, whole frame (interpreter resized)")
     ref = next((r for r in rows if r["backend"] == "torch-full"), rows[0])
     for r in rows:

@@ -187,7 +187,7 @@ def main(argv=None) -> int:
     else:
         desc = f"x{backend.scale}, input {backend.input_hw or 'dynamic'} (no manifest beside the model)"
     if args.tile is not None and getattr(backend, "resizable", False):
-        backend.input_hw = None   # the interpreter follows the windows it is given
+        backend.take_any_window()
         desc += f"; --tile {'whole frame' if args.tile == 0 else '%dx%d' % args.tile}"
     tile = None if args.tile == 0 else (args.tile or (192, 336))
     try:

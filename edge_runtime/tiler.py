@@ -60,8 +60,8 @@ def pad_to(img: np.ndarray, height: int, width: int) -> np.ndarray:
 class Tiler:
     """Run `fn` over a frame in windows of `tile` = (h, w) LR pixels; tile None runs the frame whole."""
 
-    def __init__(self, scale: int, tile: tuple[int, int] | None, margin: int = 16, fixed_shape: bool = True):
-        self.scale, self.tile, self.margin, self.fixed_shape = scale, tile, margin, fixed_shape
+    def __init__(self, scale: int, tile: tuple[int, int] | None, margin: int = 16, pad_small: bool = True):
+        self.scale, self.tile, self.margin, self.pad_small = scale, tile, margin, pad_small
         if tile is not None:
             for t in tile:
                 if t <= 2 * margin:
@@ -89,7 +89,7 @@ class Tiler:
         for ys, xs in self.windows(h, w):
             win = frame[ys.start : ys.start + th, xs.start : xs.start + tw]
             wh, ww = win.shape[:2]
-            if self.fixed_shape and (wh < th or ww < tw):
+            if self.pad_small and (wh < th or ww < tw):
                 win = pad_to(win, th, tw)
             res = fn(np.ascontiguousarray(win))
             oy, ox = ys.keep_from - ys.start, xs.keep_from - xs.start

@@ -40,8 +40,7 @@ class Upscaler:
         self.tile = backend.input_hw if fixed else tile
         if pad_to_tile is None:
             pad_to_tile = fixed and not getattr(backend, "resizable", False)
-        pad = pad_to_tile
-        self.tiler = Tiler(backend.scale, self.tile, margin=margin, fixed_shape=pad)
+        self.tiler = Tiler(backend.scale, self.tile, margin=margin, pad_small=pad_to_tile)
         self.scale = backend.scale
 
     def frame(self, rgb: np.ndarray, out_dtype=np.float32, on_tile=None) -> np.ndarray:

@@ -137,7 +137,7 @@ def open_artifact(art: Artifact, args, reference: Reference):
     # fixed-shape artifacts pad small windows unless the backend can resize (TFLite); dynamic ones with --tile pad too
     pad = None if backend.input_hw is not None else tile is not None
     up = Upscaler(backend, tile=tile, margin=args.margin, pad_to_tile=pad)
-    art.tile, art.pad = up.tile, up.tiler.fixed_shape
+    art.tile, art.pad = up.tile, up.tiler.pad_small
     return up
 
 

@@ -40,7 +40,7 @@ def test_tiled_equals_one_shot_for_a_local_model(seed):
     scale = int(rng.choice([2, 3, 4]))
     frame = rng.random((h, w, 3), dtype=np.float32)
     fn = toy_model(scale)
-    out = Tiler(scale, (th, tw), margin=RADIUS, fixed_shape=False).run(frame, fn)
+    out = Tiler(scale, (th, tw), margin=RADIUS, pad_small=False).run(frame, fn)
     assert out.shape == (h * scale, w * scale, 3)
     assert np.allclose(out, fn(frame), atol=1e-6)
 

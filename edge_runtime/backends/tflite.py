@@ -70,6 +70,10 @@ class TFLiteBackend:
         self.resizable = True   # any window size runs (see the module docstring); False after a refused resize
         self.model_hw = self._shape = tuple(self.input_hw)
 
+    def take_any_window(self):
+        """Stop imposing the model's own tile: the caller's windows (or whole frames) run as they come."""
+        self.input_hw = None
+
     def _resize(self, hw: tuple[int, int]) -> bool:
         try:
             self.interp.resize_tensor_input(self.inp["index"], [1, *hw, 3], strict=False)
