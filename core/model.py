@@ -137,7 +137,11 @@ class DRSAN(nn.Module):
         for i, drag in enumerate(self.body):
             f = drag(f, None if coeffs is None else coeffs[i])
         out = self.recon(self.upsampler(self.tail(f) + x0))
-        return out.clamp(0.0, 1.0) if self.clamp else out
+        if not self.clamp:
+            return out
+        # relu first, then min: converters fuse the relu into the last conv, and int8
+        # RELU has no XNNPACK kernel (a single-threaded loop at full HR size otherwise).
+        return torch.relu(out).clamp(max=1.0)
 
     @torch.no_grad()
     def coefficients(self, x):

@@ -29,7 +29,9 @@ def test_onnx_graph_uses_dcr_depth_to_space_and_clamps(onnx_artifacts):
     g = onnx.load(str(onnx_artifacts / f"drsan_32s_x4_{CONVERT_TILE}.onnx")).graph
     modes = [a.s for n in g.node if n.op_type == "DepthToSpace" for a in n.attribute if a.name == "mode"]
     assert modes == [b"DCR", b"DCR"]
-    assert g.node[-1].op_type == "Clip"
+    # relu then clip(max=1): the relu fuses into the last conv in TFLite
+    ops = [n.op_type for n in g.node if n.op_type != "Constant"]
+    assert ops[-3:] == ["Conv", "Relu", "Clip"]
 
 
 def test_tflite_all_modes_convert_and_pass(tflite_artifacts):
@@ -43,6 +45,17 @@ def test_tflite_all_modes_convert_and_pass(tflite_artifacts):
         assert a["check"]["passed"] and (tflite_artifacts / a["file"]).stat().st_size == a["size_bytes"]
     # int8 models are about a quarter of fp32
     assert got["int8"]["size_bytes"] < 0.5 * got["fp32"]["size_bytes"]
+
+
+@pytest.mark.parametrize("precision", ["int8", "int8_io"])
+def test_tflite_int8_has_no_standalone_relu_or_prelu(tflite_artifacts, precision):
+    # Neither has an int8 XNNPACK kernel: each would run as a single-threaded loop
+    # between delegate partitions (about 20x slower than the fused form, eval/op_speed.py).
+    from drsan_kit.edge_runtime.backends.tflite import TFLiteBackend
+
+    b = TFLiteBackend(tflite_artifacts / f"drsan_32s_x4_{CONVERT_TILE}_{precision}.tflite", threads=1)
+    ops = [op["op_name"] for op in b.interp._get_ops_details()]
+    assert "CONV_2D" in ops and "RELU" not in ops and "PRELU" not in ops
 
 
 def test_tflite_int8_io_has_quantized_tensors(tflite_artifacts):
