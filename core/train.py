@@ -17,8 +17,10 @@ import math
 import os
 import platform
 import random
+import signal
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +127,24 @@ def init_from(model, path, log):
     log(f"init from {path} (x{src['scale']}): {len(taken)}/{len(own)} tensors copied")
 
 
+@contextmanager
+def stop_on_signals():
+    """Ctrl-C or SIGTERM: finish the current iteration, save last.pt, stop. A second Ctrl-C stops at once."""
+    received = []
+
+    def handler(signum, frame):
+        if received and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        received.append(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description="Train DRSAN (paper recipe; resumable; CPU, CUDA or DDP).")
     ap.add_argument("--variant", default="32s", choices=list(VARIANTS), help="model variant (default 32s)")
@@ -216,7 +236,7 @@ def main(argv=None):
 
     log_path = out / "log.csv"
     new_log = not log_path.exists()
-    with open(log_path, "a", newline="") as fh:
+    with open(log_path, "a", newline="") as fh, stop_on_signals() as signals:
         writer = csv.writer(fh)
         if new_log:
             writer.writerow(["iteration", "loss", "lr", "seconds", "val_psnr"])
@@ -243,13 +263,13 @@ def main(argv=None):
             bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr_now:.2e}", refresh=False)
             done = state["iteration"]
             val = None
-            out_of_time = deadline is not None and time.time() > deadline
+            out_of_time = (deadline is not None and time.time() > deadline) or bool(signals)
             if val_pairs and (done % args.val_every == 0 or done in (args.iters, stop_at) or out_of_time):
                 val = validate(model, val_pairs, args.scale, device)
                 if state["best_val"] is None or val > state["best_val"]:
                     state["best_val"] = val
                 log(f"\niteration {done}: validation PSNR(Y) {val:.3f} dB (best {state['best_val']:.3f})")
-            if done % 100 == 0 or val is not None or done == args.iters:
+            if done % 100 == 0 or val is not None or done in (args.iters, stop_at) or out_of_time:
                 now = time.time()
                 state["seconds"] += now - t0
                 t0 = now
@@ -260,11 +280,12 @@ def main(argv=None):
                 loss_acc, n_acc = 0.0, 0
             if done % args.save_every == 0 or done in (args.iters, stop_at) or out_of_time:
                 save_all()
-            if out_of_time:
-                log(f"\nstopping at iteration {done} (--stop-after-minutes); run the same command to resume")
-                break
             if rank == 0 and (val is not None or done in (args.iters, stop_at) or out_of_time):
                 save_checkpoint(out / "model.pt", model, meta())
+            if out_of_time:
+                why = f"signal {signals[0]}" if signals else "--stop-after-minutes"
+                log(f"\nstopping at iteration {done} ({why}); run the same command to resume")
+                break
         bar.close()
     log(f"done: {out / 'model.pt'} ({state['iteration']} iterations, {state['seconds'] / 3600:.2f} h)")
     if ddp:

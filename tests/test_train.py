@@ -66,3 +66,28 @@ def test_no_usable_images_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="no images"):
         train_main(_args(tmp_path / "empty", tmp_path / "o", 1))
+
+
+def test_ctrl_c_saves_a_resumable_state(data, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    out, log = tmp_path / "run", tmp_path / "train.log"
+    script = Path(__file__).resolve().parents[1] / "core" / "train.py"
+    args = _args(data, out, 100000, save_every=100000)
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([sys.executable, str(script), *args], stdout=fh, stderr=subprocess.STDOUT)
+        deadline = time.time() + 120
+        while not (out / "log.csv").exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        time.sleep(1.0)   # a few iterations
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0, log.read_text()[-2000:]
+    text = log.read_text()
+    assert "stopping at iteration" in text and "SIGINT" in text
+    state = read_checkpoint(out / "last.pt")["train_state"]["state"]
+    assert state["iteration"] >= 1
+    assert (out / "model.pt").is_file()
