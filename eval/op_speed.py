@@ -52,7 +52,8 @@ def _convert(tf, fn, shape, quant: bool, rng) -> bytes:
     conv = tf.lite.TFLiteConverter.from_concrete_functions([tf.function(fn).get_concrete_function(spec, spec)])
     if quant:
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.representative_dataset = lambda: ([rng.normal(size=shape).astype(np.float32)] * 2 for _ in range(4))
+        conv.representative_dataset = lambda: ([rng.normal(size=shape).astype(np.float32) for _ in range(2)]
+                                               for _ in range(4))
         conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     return conv.convert()
 
