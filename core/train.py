@@ -40,7 +40,7 @@ from drsan_kit.core.variants import SCALES, VARIANTS
 class PatchSampler:
     """Holds every training image (HR and its bicubic LR) in memory and draws random patch pairs."""
 
-    def __init__(self, folder, scale: int, patch: int, seed: int, log=print):
+    def __init__(self, folder, scale: int, patch: int, seed: int, log=print, sampling: str = "area"):
         self.scale, self.patch = scale, patch
         self.pairs, skipped, unreadable = [], 0, 0
         files = list_images(folder)
@@ -63,9 +63,10 @@ class PatchSampler:
             raise SystemExit(f"error: no image under {folder} is large enough for {patch}x{patch} LR patches at x{scale}")
         log(f"training images: {len(self.pairs)} used, {skipped} too small for a {patch}px LR patch at x{scale}, "
             f"{unreadable} unreadable")
-        # Draw images in proportion to how many patches they hold, so big and small images count fairly.
+        # "area": images drawn in proportion to how many patches they hold, so every LR pixel
+        # counts the same; "uniform": every image equally often (small images weigh more).
         area = np.array([lr.shape[0] * lr.shape[1] for lr, _ in self.pairs], dtype=np.float64)
-        self.weights = area / area.sum()
+        self.weights = area / area.sum() if sampling == "area" else np.full(len(area), 1 / len(area))
         self.rng = np.random.default_rng(seed)
 
     def batch(self, size: int):
@@ -155,6 +156,8 @@ def parse_args(argv=None):
     ap.add_argument("--iters", type=int, default=20000, help="total training iterations")
     ap.add_argument("--batch", type=int, default=16, help="patches per iteration (per GPU under DDP)")
     ap.add_argument("--patch", type=int, default=48, help="LR patch size in pixels")
+    ap.add_argument("--sampling", choices=["area", "uniform"], default="area",
+                    help="how images are drawn: area (by size, default) or uniform (each image equally often)")
     ap.add_argument("--lr", type=float, default=2e-4, help="initial learning rate (paper: 2e-4)")
     ap.add_argument("--schedule", choices=["step", "cosine"], default="step",
                     help="step: the paper's x0.85 every --step-every; cosine: warm-up then cosine to --min-lr")
@@ -198,7 +201,8 @@ def main(argv=None):
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
     state = {"iteration": 0, "seconds": 0.0, "best_val": None}
     resume = out / "last.pt"
-    sampler = PatchSampler(args.data, args.scale, args.patch, seed=args.seed + rank, log=log)
+    sampler = PatchSampler(args.data, args.scale, args.patch, seed=args.seed + rank, log=log,
+                           sampling=args.sampling)
     if resume.is_file():
         _, blob = load_checkpoint(resume, args.variant, args.scale)
         model.load_state_dict(blob["state_dict"])
@@ -221,7 +225,7 @@ def main(argv=None):
     def meta():
         return {"training": {
             "iterations": state["iteration"], "hours": round(state["seconds"] / 3600, 3),
-            "data": str(args.data), "batch": args.batch, "patch": args.patch, "lr": args.lr,
+            "data": str(args.data), "batch": args.batch, "patch": args.patch, "lr": args.lr, "sampling": args.sampling,
             "schedule": args.schedule, "amp": str(amp), "device": str(device),
             "machine": f"{platform.machine()} {os.cpu_count()} cores", "init_from": args.init_from,
             "command": "python core/train.py " + " ".join(sys.argv[1:]) if argv is None else "main(" + repr(argv) + ")",

@@ -91,3 +91,19 @@ def test_ctrl_c_saves_a_resumable_state(data, tmp_path):
     state = read_checkpoint(out / "last.pt")["train_state"]["state"]
     assert state["iteration"] >= 1
     assert (out / "model.pt").is_file()
+
+
+def test_sampling_by_area_or_uniform(tmp_path):
+    from drsan_kit.core.train import PatchSampler
+
+    rng = np.random.default_rng(0)
+    for name, size in (("small.png", (40, 40)), ("big.png", (120, 80))):
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(tmp_path / name)
+    quiet = lambda *a: None
+    area = PatchSampler(tmp_path, 2, 16, seed=0, log=quiet)
+    uniform = PatchSampler(tmp_path, 2, 16, seed=0, log=quiet, sampling="uniform")
+    sizes = np.array([lr.shape[0] * lr.shape[1] for lr, _ in area.pairs], dtype=float)
+    assert sorted(area.weights) == pytest.approx(sorted(sizes / sizes.sum())) and max(area.weights) > 0.8
+    assert uniform.weights == pytest.approx([0.5, 0.5])
+    lr, hr = uniform.batch(3)
+    assert lr.shape == (3, 3, 16, 16) and hr.shape == (3, 3, 32, 32)
