@@ -130,7 +130,7 @@ def init_from(model, path, log):
 
 @contextmanager
 def stop_on_signals():
-    """Ctrl-C or SIGTERM: finish the current iteration, save last.pt, stop. A second Ctrl-C stops at once."""
+    """Ctrl-C or SIGTERM: finish the iteration, save last.pt and model.pt, stop. A second Ctrl-C stops at once."""
     received = []
 
     def handler(signum, frame):
@@ -267,13 +267,15 @@ def main(argv=None):
             bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr_now:.2e}", refresh=False)
             done = state["iteration"]
             val = None
-            out_of_time = (deadline is not None and time.time() > deadline) or bool(signals)
-            if val_pairs and (done % args.val_every == 0 or done in (args.iters, stop_at) or out_of_time):
+            # a time limit or a signal stops the run early; either way it ends like a finished run
+            stop_now = (deadline is not None and time.time() > deadline) or bool(signals)
+            last = done in (args.iters, stop_at) or stop_now
+            if val_pairs and (done % args.val_every == 0 or last):
                 val = validate(model, val_pairs, args.scale, device)
                 if state["best_val"] is None or val > state["best_val"]:
                     state["best_val"] = val
                 log(f"\niteration {done}: validation PSNR(Y) {val:.3f} dB (best {state['best_val']:.3f})")
-            if done % 100 == 0 or val is not None or done in (args.iters, stop_at) or out_of_time:
+            if done % 100 == 0 or val is not None or last:
                 now = time.time()
                 state["seconds"] += now - t0
                 t0 = now
@@ -282,11 +284,11 @@ def main(argv=None):
                                      "" if val is None else round(val, 4)])
                     fh.flush()
                 loss_acc, n_acc = 0.0, 0
-            if done % args.save_every == 0 or done in (args.iters, stop_at) or out_of_time:
+            if done % args.save_every == 0 or last:
                 save_all()
-            if rank == 0 and (val is not None or done in (args.iters, stop_at) or out_of_time):
+            if rank == 0 and (val is not None or last):
                 save_checkpoint(out / "model.pt", model, meta())
-            if out_of_time:
+            if stop_now:
                 why = f"signal {signals[0]}" if signals else "--stop-after-minutes"
                 log(f"\nstopping at iteration {done} ({why}); run the same command to resume")
                 break
