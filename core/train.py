@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import math
 import os
 import platform
@@ -37,8 +38,12 @@ from drsan_kit.core.model import build_model
 from drsan_kit.core.variants import SCALES, VARIANTS
 
 
-class PatchSampler:
-    """Holds every training image (HR and its bicubic LR) in memory and draws random patch pairs."""
+class PatchSampler(torch.utils.data.Dataset):
+    """Holds every training image (HR and its bicubic LR) in memory and draws random patch pairs.
+
+    Batch i is a pure function of (seed, i), so a resumed run draws the same patches as an
+    unbroken one, and DataLoader workers can prepare batches ahead without sharing an RNG.
+    """
 
     def __init__(self, folder, scale: int, patch: int, seed: int, log=print, sampling: str = "area"):
         self.scale, self.patch = scale, patch
@@ -67,30 +72,53 @@ class PatchSampler:
         # counts the same; "uniform": every image equally often (small images weigh more).
         area = np.array([lr.shape[0] * lr.shape[1] for lr, _ in self.pairs], dtype=np.float64)
         self.weights = area / area.sum() if sampling == "area" else np.full(len(area), 1 / len(area))
-        self.rng = np.random.default_rng(seed)
+        self.seed, self.batch_size = seed, 16
 
-    def batch(self, size: int):
+    def batch(self, size: int, iteration: int = 0):
+        """(LR, HR) uint8 tensors (B, 3, h, w) for this iteration; the trainer scales them to [0, 1] on its device."""
+        rng = np.random.default_rng((self.seed, iteration))
         lrs, hrs = [], []
         p, s = self.patch, self.scale
-        for i in self.rng.choice(len(self.pairs), size=size, p=self.weights):
+        for i in rng.choice(len(self.pairs), size=size, p=self.weights):
             lr, hr = self.pairs[i]
-            y = int(self.rng.integers(0, lr.shape[0] - p + 1))
-            x = int(self.rng.integers(0, lr.shape[1] - p + 1))
+            y = int(rng.integers(0, lr.shape[0] - p + 1))
+            x = int(rng.integers(0, lr.shape[1] - p + 1))
             lp, hp = lr[y : y + p, x : x + p], hr[y * s : (y + p) * s, x * s : (x + p) * s]
-            k, flip = int(self.rng.integers(0, 4)), bool(self.rng.integers(0, 2))
+            k, flip = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
             if flip:
                 lp, hp = lp[:, ::-1], hp[:, ::-1]
             lrs.append(np.rot90(lp, k))
             hrs.append(np.rot90(hp, k))
-        to_t = lambda arr: torch.from_numpy(np.stack(arr).transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
+        to_t = lambda arr: torch.from_numpy(np.ascontiguousarray(np.stack(arr).transpose(0, 3, 1, 2)))
         return to_t(lrs), to_t(hrs)
 
+    # Dataset protocol: item i is the batch of iteration i (a DataLoader with batch_size=None).
+    def __len__(self):
+        return 2**62
 
-def learning_rate(args, it: int) -> float:
+    def __getitem__(self, iteration):
+        return self.batch(self.batch_size, iteration)
+
+
+def batches(sampler, size: int, start: int, workers: int, pin: bool):
+    """Batches for iterations start, start+1, ...; with workers > 0 they are prepared in background processes."""
+    sampler.batch_size = size
+    if workers == 0:
+        return (sampler.batch(size, it) for it in itertools.count(start))
+    loader = torch.utils.data.DataLoader(sampler, batch_size=None, sampler=itertools.count(start),
+                                         num_workers=workers, pin_memory=pin, prefetch_factor=4)
+    return iter(loader)
+
+
+def learning_rate(args, it: int, seconds: float = 0.0) -> float:
+    """Step or cosine schedule; with --time-budget the cosine runs over training seconds, not iterations."""
     if args.schedule == "step":   # the paper: x0.85 every 2e5 iterations
         return args.lr * (0.85 ** (it // args.step_every))
     warm = min(1.0, (it + 1) / max(1, args.warmup))
-    progress = min(1.0, it / max(1, args.iters))
+    if args.time_budget:
+        progress = min(1.0, seconds / (60 * args.time_budget))
+    else:
+        progress = min(1.0, it / max(1, args.iters))
     return args.min_lr + (args.lr - args.min_lr) * 0.5 * (1 + math.cos(math.pi * progress)) * warm
 
 
@@ -174,6 +202,11 @@ def parse_args(argv=None):
                     help="save and exit at this iteration without changing the schedule (resume later)")
     ap.add_argument("--stop-after-minutes", type=float, default=None,
                     help="save and exit after this much wall time (for sessions with a time limit)")
+    ap.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
+                    help="train for this many minutes of training time (resumes count what was spent): the cosine "
+                         "schedule runs over time instead of iterations and ends annealed; --iters is then a cap")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="background processes preparing batches (default: 4 on a GPU, 0 on a CPU)")
     ap.add_argument("--seed", type=int, default=0)
     return ap.parse_args(argv)
 
@@ -198,7 +231,9 @@ def main(argv=None):
     torch.manual_seed(args.seed)   # same initial weights for the same --seed
     random.seed(args.seed)
     model = build_model(args.variant, args.scale)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
+    # fused Adam: one kernel per step instead of several per tensor (the model has ~100 small tensors)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8,
+                           fused=device.type == "cuda")
     state = {"iteration": 0, "seconds": 0.0, "best_val": None}
     resume = out / "last.pt"
     sampler = PatchSampler(args.data, args.scale, args.patch, seed=args.seed + rank, log=log,
@@ -209,7 +244,6 @@ def main(argv=None):
         ts = blob["train_state"]
         opt.load_state_dict(ts["optimizer"])
         state = ts["state"]
-        sampler.rng.bit_generator.state = ts["sampler_rng"]
         torch.set_rng_state(ts["torch_rng"])
         random.setstate(ts["python_rng"])
         log(f"resumed from {resume} at iteration {state['iteration']}")
@@ -226,7 +260,8 @@ def main(argv=None):
         return {"training": {
             "iterations": state["iteration"], "hours": round(state["seconds"] / 3600, 3),
             "data": str(args.data), "batch": args.batch, "patch": args.patch, "lr": args.lr, "sampling": args.sampling,
-            "schedule": args.schedule, "amp": str(amp), "device": str(device),
+            "schedule": args.schedule, "time_budget_minutes": args.time_budget, "amp": str(amp),
+            "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
             "machine": f"{platform.machine()} {os.cpu_count()} cores", "init_from": args.init_from,
             "command": "python core/train.py " + " ".join(sys.argv[1:]) if argv is None else "main(" + repr(argv) + ")",
         }, "validation": {"set": str(args.val), "psnr_y": state["best_val"], "convention": "authors"}}
@@ -235,8 +270,7 @@ def main(argv=None):
         if rank != 0:
             return
         save_checkpoint(resume, model, meta(), train_state={
-            "optimizer": opt.state_dict(), "state": state, "sampler_rng": sampler.rng.bit_generator.state,
-            "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(), "args": vars(args)})
+            "optimizer": opt.state_dict(), "state": state, "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(), "args": vars(args)})
 
     log_path = out / "log.csv"
     new_log = not log_path.exists()
@@ -246,29 +280,34 @@ def main(argv=None):
             writer.writerow(["iteration", "loss", "lr", "seconds", "val_psnr"])
         bar = tqdm(total=args.iters, initial=state["iteration"], disable=rank != 0, mininterval=5,
                    desc=f"train {args.variant} x{args.scale}")
-        loss_acc, n_acc, t0 = 0.0, 0, time.time()
+        # the loss stays on the device between log lines: reading it every step would make the
+        # CPU wait for the GPU instead of preparing the next step
+        loss_acc, n_acc, t0 = torch.zeros((), device=device), 0, time.time()
         deadline = time.time() + 60 * args.stop_after_minutes if args.stop_after_minutes else None
         stop_at = min(args.iters, args.stop_at or args.iters)
+        workers = args.workers if args.workers is not None else (4 if device.type == "cuda" else 0)
+        feed = batches(sampler, args.batch, state["iteration"], workers, pin=device.type == "cuda")
         while state["iteration"] < stop_at:
             it = state["iteration"]
-            lr_now = learning_rate(args, it)
+            lr_now = learning_rate(args, it, state["seconds"] + time.time() - t0)
             for g in opt.param_groups:
                 g["lr"] = lr_now
-            lr_b, hr_b = (t.to(device, non_blocking=True) for t in sampler.batch(args.batch))
+            lr_b, hr_b = (t.to(device, non_blocking=True).float().div_(255.0) for t in next(feed))
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 loss = F.l1_loss(net(lr_b).float(), hr_b)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             state["iteration"] = it + 1
-            loss_acc += loss.item()
+            loss_acc += loss.detach()
             n_acc += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr_now:.2e}", refresh=False)
             done = state["iteration"]
             val = None
-            # a time limit or a signal stops the run early; either way it ends like a finished run
-            stop_now = (deadline is not None and time.time() > deadline) or bool(signals)
+            # a time limit, a spent --time-budget or a signal stops the run early; it ends like a finished run
+            spent = state["seconds"] + time.time() - t0
+            stop_now = ((deadline is not None and time.time() > deadline) or bool(signals)
+                        or (args.time_budget is not None and spent >= 60 * args.time_budget))
             last = done in (args.iters, stop_at) or stop_now
             if val_pairs and (done % args.val_every == 0 or last):
                 val = validate(model, val_pairs, args.scale, device)
@@ -279,18 +318,23 @@ def main(argv=None):
                 now = time.time()
                 state["seconds"] += now - t0
                 t0 = now
+                mean_loss = loss_acc.item() / max(1, n_acc)
+                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr_now:.2e}", refresh=False)
                 if rank == 0:
-                    writer.writerow([done, round(loss_acc / max(1, n_acc), 6), lr_now, round(state["seconds"], 1),
+                    writer.writerow([done, round(mean_loss, 6), lr_now, round(state["seconds"], 1),
                                      "" if val is None else round(val, 4)])
                     fh.flush()
-                loss_acc, n_acc = 0.0, 0
+                loss_acc, n_acc = torch.zeros((), device=device), 0
             if done % args.save_every == 0 or last:
                 save_all()
             if rank == 0 and (val is not None or last):
                 save_checkpoint(out / "model.pt", model, meta())
             if stop_now:
-                why = f"signal {signals[0]}" if signals else "--stop-after-minutes"
-                log(f"\nstopping at iteration {done} ({why}); run the same command to resume")
+                if signals or deadline is not None and time.time() > deadline:
+                    why = f"signal {signals[0]}" if signals else "--stop-after-minutes"
+                    log(f"\nstopping at iteration {done} ({why}); run the same command to resume")
+                else:
+                    log(f"\ntime budget of {args.time_budget:g} minutes spent at iteration {done}")
                 break
         bar.close()
     log(f"done: {out / 'model.pt'} ({state['iteration']} iterations, {state['seconds'] / 3600:.2f} h)")

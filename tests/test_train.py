@@ -106,4 +106,28 @@ def test_sampling_by_area_or_uniform(tmp_path):
     assert sorted(area.weights) == pytest.approx(sorted(sizes / sizes.sum())) and max(area.weights) > 0.8
     assert uniform.weights == pytest.approx([0.5, 0.5])
     lr, hr = uniform.batch(3)
-    assert lr.shape == (3, 3, 16, 16) and hr.shape == (3, 3, 32, 32)
+    assert lr.shape == (3, 3, 16, 16) and hr.shape == (3, 3, 32, 32) and lr.dtype == torch.uint8
+
+
+def test_batches_depend_only_on_the_iteration_and_workers_give_the_same(data):
+    from drsan_kit.core.train import PatchSampler, batches
+
+    sampler = PatchSampler(data, 2, 16, seed=3, log=lambda *a: None)
+    a, b = sampler.batch(4, 7), sampler.batch(4, 7)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(sampler.batch(4, 8)[1], a[1])
+    inline = [next(it) for it in [batches(sampler, 4, 5, workers=0, pin=False)] for _ in range(3)]
+    feed = batches(sampler, 4, 5, workers=2, pin=False)
+    for lr, hr in inline:
+        got = next(feed)
+        assert torch.equal(got[0], lr) and torch.equal(got[1], hr)
+    assert torch.equal(inline[2][1], sampler.batch(4, 7)[1])
+
+
+def test_time_budget_anneals_and_stops(data, tmp_path, capsys):
+    train_main(_args(data, tmp_path / "t", 10**6, time_budget=0.03, save_every=10**6))
+    assert "time budget of 0.03 minutes spent" in capsys.readouterr().out
+    rows = [line.split(",") for line in (tmp_path / "t" / "log.csv").read_text().splitlines()[1:]]
+    assert float(rows[-1][2]) < 1e-4   # cosine over time: the last rate is near --min-lr, not 1e-3
+    state = read_checkpoint(tmp_path / "t" / "last.pt")["train_state"]["state"]
+    assert 1.8 <= state["seconds"] < 10 and state["iteration"] < 10**6
