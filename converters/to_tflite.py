@@ -151,6 +151,10 @@ def main(argv=None):
                          "(default: photographs shipped with scikit-image); inputs are RGB in [0, 1], "
                          "mean 0, std 1, no ImageNet statistics")
     ap.add_argument("--calib-count", type=int, default=32, help="calibration crops (default 32)")
+    ap.add_argument("--calib-outlier", type=float, default=2.0,
+                    help="leave out calibration crops where some layer peaks above this many times its median "
+                         "peak over the crops, so one extreme crop cannot coarsen every image's int8 steps "
+                         "(default 2; 0 keeps every crop)")
     ap.add_argument("--prelu", choices=PRELU_FORMS, default="sub",
                     help="how integer modes spell PReLU (default sub; see converters/export.py)")
     ap.add_argument("--threads", type=int, default=0, help="interpreter threads for the check")
@@ -162,7 +166,10 @@ def main(argv=None):
     check_images, check_desc = common.sample_images()
     calib_images, calib_desc = common.sample_images(args.calib)
     crops = common.random_crops(check_images, args.tile, args.check_images, seed=1)
-    calib = common.random_crops(calib_images, args.tile, args.calib_count, seed=2)
+    calib, dropped = common.calibration_crops(model, calib_images, args.tile, args.calib_count, args.calib_outlier)
+    if dropped:
+        print(f"calibration: {dropped} of {args.calib_count} crops left out as activation outliers "
+              f"(> {args.calib_outlier:g}x a layer's median peak; --calib-outlier 0 keeps them)")
     reference = common.reference_outputs(model, crops)
     stem = f"drsan_{args.variant}_x{args.scale}_{args.tile[0]}x{args.tile[1]}"
     print(f"converting DRSAN-{args.variant} x{args.scale} from {weights}, tile {args.tile[0]}x{args.tile[1]}")
@@ -200,7 +207,8 @@ def main(argv=None):
             records.append(common.artifact_record(
                 final, "tflite", mode, args.tile, False, check,
                 io="int8" if mode == "int8_io" else "float32",
-                calibration=calib_desc + f" ({args.calib_count} random {args.tile[0]}x{args.tile[1]} crops)"
+                calibration=calib_desc + f" ({len(calib)} random {args.tile[0]}x{args.tile[1]} crops, "
+                f"{dropped} outliers left out)"
                 if mode.startswith("int") else None,
                 prelu=args.prelu if mode.startswith("int") else "native",
                 converter="onnx2tf (TensorFlow SavedModel) + tf.lite.TFLiteConverter",

@@ -42,6 +42,8 @@ def parse_args(argv=None):
     ap.add_argument("--calib", default=None, help="calibration images folder (default: scikit-image photos, "
                                                   "as the converter)")
     ap.add_argument("--calib-count", type=int, default=32, help="calibration crops (default 32)")
+    ap.add_argument("--calib-outlier", type=float, default=2.0,
+                    help="leave out outlier calibration crops, as the converter (default 2; 0 keeps every crop)")
     ap.add_argument("--debug-count", type=int, default=8, help="crops the debugger compares layers on (default 8)")
     ap.add_argument("--float-top", default="0,1,3,5",
                     help="numbers of worst layers to keep in float, one model each (default 0,1,3,5)")
@@ -125,7 +127,7 @@ def main(argv=None) -> int:
     tops = sorted({int(v) for v in args.float_top.split(",") if v.strip()})
     model, _, weights = common.load_reference(args)
     images, desc = common.sample_images(args.calib)
-    calib = common.random_crops(images, args.tile, args.calib_count, seed=2)
+    calib, _ = common.calibration_crops(model, images, args.tile, args.calib_count, args.calib_outlier)
     debug = common.random_crops(images, args.tile, args.debug_count, seed=5)
     check_images, _ = common.sample_images()
     crops = common.random_crops(check_images, args.tile, args.check_images, seed=1)

@@ -111,3 +111,21 @@ def test_coreml_int8_weight_compression_shrinks_the_model(tmp_path, shipped_x4):
                  "--out", tmp_path)
     sizes = {a["precision"]: a["size_bytes"] for a in _manifest(tmp_path)["artifacts"]}
     assert set(sizes) == {"fp16", "fp16_w8"} and sizes["fp16_w8"] < 0.7 * sizes["fp16"]
+
+
+def test_calibration_leaves_out_outlier_crops():
+    import numpy as np
+    import torch
+
+    from drsan_kit.converters.common import calibration_crops
+
+    # identity conv: a crop's activation peak is its brightest pixel
+    model = torch.nn.Conv2d(3, 3, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(3)[:, :, None, None])
+    images = [np.full((40, 40, 3), 50, np.uint8) for _ in range(5)]
+    images[3][10:30, 10:30] = 255   # one image 5x brighter than the others
+    crops, dropped = calibration_crops(model, images, (20, 20), 10, outlier=2.0)
+    assert dropped == 2 and len(crops) == 8 and crops.max() < 0.5
+    kept, none = calibration_crops(model, images, (20, 20), 10, outlier=0)
+    assert none == 0 and len(kept) == 10 and kept.max() == 1.0
