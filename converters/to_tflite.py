@@ -152,9 +152,9 @@ def main(argv=None):
                          "mean 0, std 1, no ImageNet statistics")
     ap.add_argument("--calib-count", type=int, default=32, help="calibration crops (default 32)")
     ap.add_argument("--calib-outlier", type=float, default=2.0,
-                    help="leave out calibration crops where some layer peaks above this many times its median "
-                         "peak over the crops, so one extreme crop cannot coarsen every image's int8 steps "
-                         "(default 2; 0 keeps every crop)")
+                    help="int8: leave out calibration crops where some layer peaks above this many times its "
+                         "median peak over the crops, so one extreme crop cannot coarsen every image's int8 "
+                         "steps (default 2; 0 keeps every crop; int16x8 always keeps every crop)")
     ap.add_argument("--prelu", choices=PRELU_FORMS, default="sub",
                     help="how integer modes spell PReLU (default sub; see converters/export.py)")
     ap.add_argument("--threads", type=int, default=0, help="interpreter threads for the check")
@@ -166,6 +166,8 @@ def main(argv=None):
     check_images, check_desc = common.sample_images()
     calib_images, calib_desc = common.sample_images(args.calib)
     crops = common.random_crops(check_images, args.tile, args.check_images, seed=1)
+    # The outlier rule is for int8's 256 levels; int16x8 has the resolution to keep every crop's range.
+    calib_all = common.random_crops(calib_images, args.tile, args.calib_count, seed=2)
     calib, dropped = common.calibration_crops(model, calib_images, args.tile, args.calib_count, args.calib_outlier)
     if dropped:
         print(f"calibration: {dropped} of {args.calib_count} crops left out as activation outliers "
@@ -194,7 +196,7 @@ def main(argv=None):
             saved = saved_model_for(mode)
             t0 = time.time()
             try:
-                blob_bytes = convert_mode(saved, mode, calib, args.verbose)
+                blob_bytes = convert_mode(saved, mode, calib_all if mode == "int16x8" else calib, args.verbose)
             except Exception as exc:   # TensorFlow raises many kinds; one line is enough for the user
                 raise common.ConversionError(f"TFLite {mode} conversion failed: {str(exc).splitlines()[0][:300]}")
             staged = tmp / f"{stem}_{mode}.tflite"
@@ -207,8 +209,10 @@ def main(argv=None):
             records.append(common.artifact_record(
                 final, "tflite", mode, args.tile, False, check,
                 io="int8" if mode == "int8_io" else "float32",
-                calibration=calib_desc + f" ({len(calib)} random {args.tile[0]}x{args.tile[1]} crops, "
-                f"{dropped} outliers left out)"
+                calibration=calib_desc + (f" ({args.calib_count} random {args.tile[0]}x{args.tile[1]} crops)"
+                                         if mode == "int16x8" else
+                                         f" ({len(calib)} random {args.tile[0]}x{args.tile[1]} crops, "
+                                         f"{dropped} outliers left out)")
                 if mode.startswith("int") else None,
                 prelu=args.prelu if mode.startswith("int") else "native",
                 converter="onnx2tf (TensorFlow SavedModel) + tf.lite.TFLiteConverter",
