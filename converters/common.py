@@ -189,9 +189,12 @@ def enforce(check: dict, precision: str, label: str) -> dict:
           f"max abs error {check['max_abs_error']:.5f}  [{'ok' if ok else 'FAILED'}: needs >= {tol['min_psnr']} dB, "
           f"<= {tol['max_abs']}]")
     if not ok:
-        raise ConversionError(f"{label} is outside the {precision} tolerance "
-                              f"({check['psnr_vs_reference_db']:.2f} dB < {tol['min_psnr']} dB or "
-                              f"max abs {check['max_abs_error']:.4f} > {tol['max_abs']})")
+        why = []
+        if check["psnr_vs_reference_db"] < tol["min_psnr"]:
+            why.append(f"{check['psnr_vs_reference_db']:.2f} dB < {tol['min_psnr']} dB")
+        if check["max_abs_error"] > tol["max_abs"]:
+            why.append(f"max abs error {check['max_abs_error']:.4f} > {tol['max_abs']}")
+        raise ConversionError(f"{label} is outside the {precision} tolerance ({', '.join(why)})")
     return check
 
 
