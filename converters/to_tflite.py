@@ -168,7 +168,9 @@ def main(argv=None):
     crops = common.random_crops(check_images, args.tile, args.check_images, seed=1)
     # The outlier rule is for int8's 256 levels; int16x8 has the resolution to keep every crop's range.
     calib_all = common.random_crops(calib_images, args.tile, args.calib_count, seed=2)
-    calib, dropped = common.calibration_crops(model, calib_images, args.tile, args.calib_count, args.calib_outlier)
+    calib, dropped = calib_all, 0
+    if {"int8", "int8_io"} & set(args.quant):
+        calib, dropped = common.drop_outlier_crops(model, calib_all, args.calib_outlier)
     if dropped:
         print(f"calibration: {dropped} of {args.calib_count} crops left out as activation outliers "
               f"(> {args.calib_outlier:g}x a layer's median peak; --calib-outlier 0 keeps them)")

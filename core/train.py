@@ -270,7 +270,8 @@ def main(argv=None):
         if rank != 0:
             return
         save_checkpoint(resume, model, meta(), train_state={
-            "optimizer": opt.state_dict(), "state": state, "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(), "args": vars(args)})
+            "optimizer": opt.state_dict(), "state": state, "torch_rng": torch.get_rng_state(),
+            "python_rng": random.getstate(), "args": vars(args)})
 
     log_path = out / "log.csv"
     new_log = not log_path.exists()
@@ -304,11 +305,13 @@ def main(argv=None):
             bar.update(1)
             done = state["iteration"]
             val = None
-            # a time limit, a spent --time-budget or a signal stops the run early; it ends like a finished run
+            # a signal, a time limit or a spent --time-budget stops the run early; it ends like a finished run
             spent = state["seconds"] + time.time() - t0
-            stop_now = ((deadline is not None and time.time() > deadline) or bool(signals)
-                        or (args.time_budget is not None and spent >= 60 * args.time_budget))
-            last = done in (args.iters, stop_at) or stop_now
+            stop_why = (f"signal {signals[0]}" if signals
+                        else "--stop-after-minutes" if deadline is not None and time.time() > deadline
+                        else "budget" if args.time_budget is not None and spent >= 60 * args.time_budget
+                        else None)
+            last = done in (args.iters, stop_at) or stop_why is not None
             if val_pairs and (done % args.val_every == 0 or last):
                 val = validate(model, val_pairs, args.scale, device)
                 if state["best_val"] is None or val > state["best_val"]:
@@ -329,12 +332,11 @@ def main(argv=None):
                 save_all()
             if rank == 0 and (val is not None or last):
                 save_checkpoint(out / "model.pt", model, meta())
-            if stop_now:
-                if signals or deadline is not None and time.time() > deadline:
-                    why = f"signal {signals[0]}" if signals else "--stop-after-minutes"
-                    log(f"\nstopping at iteration {done} ({why}); run the same command to resume")
-                else:
-                    log(f"\ntime budget of {args.time_budget:g} minutes spent at iteration {done}")
+            if stop_why == "budget":
+                log(f"\ntime budget of {args.time_budget:g} minutes spent at iteration {done}")
+                break
+            if stop_why:
+                log(f"\nstopping at iteration {done} ({stop_why}); run the same command to resume")
                 break
         bar.close()
     log(f"done: {out / 'model.pt'} ({state['iteration']} iterations, {state['seconds'] / 3600:.2f} h)")

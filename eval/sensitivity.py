@@ -127,7 +127,8 @@ def main(argv=None) -> int:
     tops = sorted({int(v) for v in args.float_top.split(",") if v.strip()})
     model, _, weights = common.load_reference(args)
     images, desc = common.sample_images(args.calib)
-    calib, _ = common.calibration_crops(model, images, args.tile, args.calib_count, args.calib_outlier)
+    calib, _ = common.drop_outlier_crops(model, common.random_crops(images, args.tile, args.calib_count, seed=2),
+                                         args.calib_outlier)
     debug = common.random_crops(images, args.tile, args.debug_count, seed=5)
     check_images, _ = common.sample_images()
     crops = common.random_crops(check_images, args.tile, args.check_images, seed=1)

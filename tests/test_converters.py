@@ -117,7 +117,7 @@ def test_calibration_leaves_out_outlier_crops():
     import numpy as np
     import torch
 
-    from drsan_kit.converters.common import calibration_crops
+    from drsan_kit.converters.common import drop_outlier_crops, random_crops
 
     # identity conv: a crop's activation peak is its brightest pixel
     model = torch.nn.Conv2d(3, 3, 1, bias=False)
@@ -125,7 +125,8 @@ def test_calibration_leaves_out_outlier_crops():
         model.weight.copy_(torch.eye(3)[:, :, None, None])
     images = [np.full((40, 40, 3), 50, np.uint8) for _ in range(5)]
     images[3][10:30, 10:30] = 255   # one image 5x brighter than the others
-    crops, dropped = calibration_crops(model, images, (20, 20), 10, outlier=2.0)
+    candidates = random_crops(images, (20, 20), 10, seed=2)
+    crops, dropped = drop_outlier_crops(model, candidates, outlier=2.0)
     assert dropped == 2 and len(crops) == 8 and crops.max() < 0.5
-    kept, none = calibration_crops(model, images, (20, 20), 10, outlier=0)
+    kept, none = drop_outlier_crops(model, candidates, outlier=0)
     assert none == 0 and len(kept) == 10 and kept.max() == 1.0
