@@ -110,6 +110,12 @@ def sample_images(folder=None) -> tuple[list[np.ndarray], str]:
         ", and as gray RGB: " + ", ".join(gray)
 
 
+# Fixed seeds, so that every converter checks on the same crops and eval/sensitivity.py
+# calibrates exactly as to_tflite.py does.
+CHECK_SEED = 1
+CALIB_SEED = 2
+
+
 def random_crops(images: list[np.ndarray], tile: tuple[int, int], n: int, seed: int = 0) -> np.ndarray:
     """n crops of tile size (edge-padded where an image is smaller): (n, h, w, 3) float32 in [0, 1]."""
     rng = np.random.default_rng(seed)

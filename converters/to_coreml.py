@@ -137,7 +137,7 @@ def main(argv=None):
     model, blob, weights = common.load_reference(args)
     tiles = [args.tile] + [t for t in args.extra_tiles if t != args.tile]
     images, desc = common.sample_images()
-    crops = common.random_crops(images, args.tile, args.check_images, seed=1)
+    crops = common.random_crops(images, args.tile, args.check_images, seed=common.CHECK_SEED)
     reference = common.reference_outputs(model, crops)
     label = args.precision + ("_w8" if args.weights_int8 else "")
     name = f"drsan_{args.variant}_x{args.scale}_{args.tile[0]}x{args.tile[1]}_{label}.mlpackage"

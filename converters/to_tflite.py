@@ -165,12 +165,18 @@ def main(argv=None):
     model, blob, weights = common.load_reference(args)
     check_images, check_desc = common.sample_images()
     calib_images, calib_desc = common.sample_images(args.calib)
-    crops = common.random_crops(check_images, args.tile, args.check_images, seed=1)
-    # The outlier rule is for int8's 256 levels; int16x8 has the resolution to keep every crop's range.
-    calib_all = common.random_crops(calib_images, args.tile, args.calib_count, seed=2)
+    crops = common.random_crops(check_images, args.tile, args.check_images, seed=common.CHECK_SEED)
+    calib_all = common.random_crops(calib_images, args.tile, args.calib_count, seed=common.CALIB_SEED)
     calib, dropped = calib_all, 0
     if {"int8", "int8_io"} & set(args.quant):
         calib, dropped = common.drop_outlier_crops(model, calib_all, args.calib_outlier)
+    crop_desc = f"random {args.tile[0]}x{args.tile[1]} crops"
+
+    def calibration_for(mode: str) -> tuple[np.ndarray, str]:
+        # The outlier rule is for int8's 256 levels; int16x8 has the resolution to keep every crop's range.
+        if mode == "int16x8":
+            return calib_all, f"{calib_desc} ({len(calib_all)} {crop_desc})"
+        return calib, f"{calib_desc} ({len(calib)} {crop_desc}, {dropped} outliers left out)"
     if dropped:
         print(f"calibration: {dropped} of {args.calib_count} crops left out as activation outliers "
               f"(> {args.calib_outlier:g}x a layer's median peak; --calib-outlier 0 keeps them)")
@@ -198,7 +204,7 @@ def main(argv=None):
             saved = saved_model_for(mode)
             t0 = time.time()
             try:
-                blob_bytes = convert_mode(saved, mode, calib_all if mode == "int16x8" else calib, args.verbose)
+                blob_bytes = convert_mode(saved, mode, calibration_for(mode)[0], args.verbose)
             except Exception as exc:   # TensorFlow raises many kinds; one line is enough for the user
                 raise common.ConversionError(f"TFLite {mode} conversion failed: {str(exc).splitlines()[0][:300]}")
             staged = tmp / f"{stem}_{mode}.tflite"
@@ -211,11 +217,7 @@ def main(argv=None):
             records.append(common.artifact_record(
                 final, "tflite", mode, args.tile, False, check,
                 io="int8" if mode == "int8_io" else "float32",
-                calibration=calib_desc + (f" ({args.calib_count} random {args.tile[0]}x{args.tile[1]} crops)"
-                                         if mode == "int16x8" else
-                                         f" ({len(calib)} random {args.tile[0]}x{args.tile[1]} crops, "
-                                         f"{dropped} outliers left out)")
-                if mode.startswith("int") else None,
+                calibration=calibration_for(mode)[1] if mode.startswith("int") else None,
                 prelu=args.prelu if mode.startswith("int") else "native",
                 converter="onnx2tf (TensorFlow SavedModel) + tf.lite.TFLiteConverter",
                 tools=common.tool_versions("torch", "onnx", "onnx2tf", "tensorflow", "ai-edge-litert")))
