@@ -3,7 +3,9 @@
     python core/train.py --variant 32s --scale 4 --data ../shared/train --out runs/32s_x4 --iters 20000
 
 Random 48x48 LR patches (LR made from HR with the kit's MATLAB-compatible bicubic),
-flips and 90-degree rotations, batch 16, Adam (0.9, 0.999, 1e-8), L1 loss, and
+flips and 90-degree rotations, batch 16, Adam (0.9, 0.999, 1e-8), L1 loss (or
+--loss l2 for a last fine-tuning stage: PSNR is a function of the mean squared
+error, which L1 does not minimise exactly), and
 either the paper's step schedule (2e-4, x0.85 every 2e5 iterations) or a short
 cosine schedule for CPU-sized runs. `runs/<name>/last.pt` is written every
 --save-every iterations; run the same command again to resume exactly where it
@@ -110,6 +112,10 @@ def batches(sampler, size: int, start: int, workers: int, pin: bool):
     return iter(loader)
 
 
+# PSNR is 10*log10(1/MSE): L2 targets it directly, L1 (the paper's) trains faster and more robustly
+LOSSES = {"l1": F.l1_loss, "l2": F.mse_loss}
+
+
 def learning_rate(args, it: int, seconds: float = 0.0) -> float:
     """Step or cosine schedule; with --time-budget the cosine runs over training seconds, not iterations."""
     if args.schedule == "step":   # the paper: x0.85 every 2e5 iterations
@@ -186,6 +192,9 @@ def parse_args(argv=None):
     ap.add_argument("--patch", type=int, default=48, help="LR patch size in pixels")
     ap.add_argument("--sampling", choices=["area", "uniform"], default="area",
                     help="how images are drawn: area (by size, default) or uniform (each image equally often)")
+    ap.add_argument("--loss", choices=list(LOSSES), default="l1",
+                    help="l1: the paper's loss; l2: mean squared error, for a short last stage that "
+                         "fine-tunes an L1-trained model towards PSNR")
     ap.add_argument("--lr", type=float, default=2e-4, help="initial learning rate (paper: 2e-4)")
     ap.add_argument("--schedule", choices=["step", "cosine"], default="step",
                     help="step: the paper's x0.85 every --step-every; cosine: warm-up then cosine to --min-lr")
@@ -252,6 +261,7 @@ def main(argv=None):
     model.to(device).train()
     net = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
     amp = autocast_dtype(args, device)
+    loss_fn = LOSSES[args.loss]
     val_pairs = load_pairs(args.val, args.scale) if args.val and rank == 0 else []
     log(f"DRSAN-{args.variant} x{args.scale} on {device}, amp={amp}, threads={torch.get_num_threads()}, "
         f"iterations {state['iteration']}->{args.iters}")
@@ -259,7 +269,7 @@ def main(argv=None):
     def meta():
         return {"training": {
             "iterations": state["iteration"], "hours": round(state["seconds"] / 3600, 3),
-            "data": str(args.data), "batch": args.batch, "patch": args.patch, "lr": args.lr, "sampling": args.sampling,
+            "data": str(args.data), "batch": args.batch, "patch": args.patch, "lr": args.lr, "loss": args.loss, "sampling": args.sampling,
             "schedule": args.schedule, "time_budget_minutes": args.time_budget, "amp": str(amp),
             "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
             "machine": f"{platform.machine()} {os.cpu_count()} cores", "init_from": args.init_from,
@@ -295,7 +305,7 @@ def main(argv=None):
                 g["lr"] = lr_now
             lr_b, hr_b = (t.to(device, non_blocking=True).float().div_(255.0) for t in next(feed))
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                loss = F.l1_loss(net(lr_b).float(), hr_b)
+                loss = loss_fn(net(lr_b).float(), hr_b)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -131,3 +131,16 @@ def test_time_budget_anneals_and_stops(data, tmp_path, capsys):
     assert float(rows[-1][2]) < 1e-4   # cosine over time: the last rate is near --min-lr, not 1e-3
     state = read_checkpoint(tmp_path / "t" / "last.pt")["train_state"]["state"]
     assert 1.8 <= state["seconds"] < 10 and state["iteration"] < 10**6
+
+
+def test_l2_loss_trains_differently_and_is_recorded(data, tmp_path):
+    train_main(_args(data, tmp_path / "l1", 2))
+    train_main(_args(data, tmp_path / "l2", 2, loss="l2"))
+    a, b = (read_checkpoint(tmp_path / name / "last.pt") for name in ("l1", "l2"))
+    assert (a["meta"]["training"]["loss"], b["meta"]["training"]["loss"]) == ("l1", "l2")
+    # same seed, same batches: only the loss differs, so the weights must too
+    assert any(not torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    # squared errors of values in [0, 1] are smaller than absolute ones
+    l1_loss = float((tmp_path / "l1" / "log.csv").read_text().splitlines()[1].split(",")[1])
+    l2_loss = float((tmp_path / "l2" / "log.csv").read_text().splitlines()[1].split(",")[1])
+    assert l2_loss < l1_loss
