@@ -202,9 +202,10 @@ def main(argv=None):
 
         for mode in args.quant:
             saved = saved_model_for(mode)
+            mode_calib, mode_calib_desc = calibration_for(mode)
             t0 = time.time()
             try:
-                blob_bytes = convert_mode(saved, mode, calibration_for(mode)[0], args.verbose)
+                blob_bytes = convert_mode(saved, mode, mode_calib, args.verbose)
             except Exception as exc:   # TensorFlow raises many kinds; one line is enough for the user
                 raise common.ConversionError(f"TFLite {mode} conversion failed: {str(exc).splitlines()[0][:300]}")
             staged = tmp / f"{stem}_{mode}.tflite"
@@ -217,7 +218,7 @@ def main(argv=None):
             records.append(common.artifact_record(
                 final, "tflite", mode, args.tile, False, check,
                 io="int8" if mode == "int8_io" else "float32",
-                calibration=calibration_for(mode)[1] if mode.startswith("int") else None,
+                calibration=mode_calib_desc if mode.startswith("int") else None,
                 prelu=args.prelu if mode.startswith("int") else "native",
                 converter="onnx2tf (TensorFlow SavedModel) + tf.lite.TFLiteConverter",
                 tools=common.tool_versions("torch", "onnx", "onnx2tf", "tensorflow", "ai-edge-litert")))

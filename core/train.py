@@ -269,7 +269,8 @@ def main(argv=None):
     def meta():
         return {"training": {
             "iterations": state["iteration"], "hours": round(state["seconds"] / 3600, 3),
-            "data": str(args.data), "batch": args.batch, "patch": args.patch, "lr": args.lr, "loss": args.loss, "sampling": args.sampling,
+            "data": str(args.data), "batch": args.batch, "patch": args.patch, "lr": args.lr, "loss": args.loss,
+            "sampling": args.sampling,
             "schedule": args.schedule, "time_budget_minutes": args.time_budget, "amp": str(amp),
             "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
             "machine": f"{platform.machine()} {os.cpu_count()} cores", "init_from": args.init_from,

@@ -141,6 +141,6 @@ def test_l2_loss_trains_differently_and_is_recorded(data, tmp_path):
     # same seed, same batches: only the loss differs, so the weights must too
     assert any(not torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
     # squared errors of values in [0, 1] are smaller than absolute ones
-    l1_loss = float((tmp_path / "l1" / "log.csv").read_text().splitlines()[1].split(",")[1])
-    l2_loss = float((tmp_path / "l2" / "log.csv").read_text().splitlines()[1].split(",")[1])
+    l1_loss, l2_loss = (float((tmp_path / name / "log.csv").read_text().splitlines()[1].split(",")[1])
+                        for name in ("l1", "l2"))
     assert l2_loss < l1_loss
