@@ -39,7 +39,8 @@ def save_checkpoint(path, model: DRSAN, meta: dict | None = None, train_state: d
         "variant": model.variant.name,
         "scale": model.scale,
         "upsample_order": model.upsample_order,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        # contiguous: a model trained channels_last still saves the plain layout every loader expects
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
         "meta": meta or {},
     }
     if train_state is not None:

@@ -144,3 +144,24 @@ def test_l2_loss_trains_differently_and_is_recorded(data, tmp_path):
     l1_loss, l2_loss = (float((tmp_path / name / "log.csv").read_text().splitlines()[1].split(",")[1])
                         for name in ("l1", "l2"))
     assert l2_loss < l1_loss
+
+
+def test_channels_last_learns_the_same_and_saves_plain_tensors(data, tmp_path):
+    for layout in ("channels_last", "contiguous"):
+        train_main(_args(data, tmp_path / layout, 3, memory_format=layout))
+    a, b = (read_checkpoint(tmp_path / name / "last.pt") for name in ("channels_last", "contiguous"))
+    assert a["meta"]["training"]["memory_format"] == "torch.channels_last"
+    assert b["meta"]["training"]["memory_format"] == "torch.contiguous_format"
+    for k, v in a["state_dict"].items():
+        assert v.is_contiguous(), k   # loaders and converters expect the plain layout
+        # a layout is only a different order of the same sums: fp32 rounding, no more
+        torch.testing.assert_close(v, b["state_dict"][k], rtol=1e-4, atol=1e-5)
+
+
+def test_train_speed_tool_times_every_arm(capsys):
+    from drsan_kit.eval.train_speed import main as speed_main
+    speed_main(["--scale", "2", "--patch", "8", "--batch", "2", "--steps", "1", "--threads", "1"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "s / step" not in line]
+    layouts = [row.split("|")[2].strip() for row in rows]
+    assert layouts.count("channels_last") == layouts.count("contiguous") >= 1
+    assert all(float(row.split("|")[3]) > 0 for row in rows)
