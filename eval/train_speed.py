@@ -18,13 +18,12 @@ import torch
 import torch.nn.functional as F
 
 from drsan_kit.core.model import build_model
+from drsan_kit.core.train import LAYOUTS, cpu_has_fast_bf16, train_step
 from drsan_kit.core.variants import SCALES, VARIANTS
-
-LAYOUTS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
-AMPS = {"bf16": torch.bfloat16, "fp32": None}
 
 
 def make_arm(variant, scale, amp, layout, lr, hr):
+    """A timed step of the trainer's own train_step for one precision (dtype or None) and layout."""
     torch.manual_seed(0)
     model = build_model(variant, scale).to(memory_format=LAYOUTS[layout]).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-5)
@@ -32,11 +31,7 @@ def make_arm(variant, scale, amp, layout, lr, hr):
 
     def step() -> float:
         start = time.perf_counter()
-        with torch.autocast("cpu", dtype=AMPS[amp], enabled=AMPS[amp] is not None):
-            loss = F.l1_loss(model(x).float(), hr)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(model, opt, F.l1_loss, x, hr, amp)
         return time.perf_counter() - start
     return step
 
@@ -52,13 +47,14 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        AMPS.pop("bf16")
+    amps = {"bf16": torch.bfloat16, "fp32": None}
+    if not cpu_has_fast_bf16():
+        amps.pop("bf16")
         print("note: this CPU has no fast bf16; timing fp32 only")
     gen = torch.Generator().manual_seed(0)
     lr = torch.rand(args.batch, 3, args.patch, args.patch, generator=gen)
     hr = torch.rand(args.batch, 3, args.patch * args.scale, args.patch * args.scale, generator=gen)
-    arms = {(a, m): make_arm(args.variant, args.scale, a, m, lr, hr) for a, m in itertools.product(AMPS, LAYOUTS)}
+    arms = {(a, m): make_arm(args.variant, args.scale, amps[a], m, lr, hr) for a, m in itertools.product(amps, LAYOUTS)}
     times = {key: [] for key in arms}
     for round_ in range(args.steps + 2):
         for key, step in arms.items():
