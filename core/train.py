@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from drsan_kit.core.datasets import load_pairs
@@ -174,6 +175,15 @@ def train_step(net, opt, loss_fn, lr_b, hr_b, amp):
     return loss
 
 
+def ema_of(model, decay: float, saved: dict | None = None):
+    """torch's AveragedModel as an EMA of `model`; `saved` (from a last.pt) restores it, None starts it
+    at the current weights (also when --ema is switched on for a run that had none)."""
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    if saved is not None:
+        ema.load_state_dict(saved)
+    return ema
+
+
 def init_from(model, path, log):
     """Copy every tensor of another-scale checkpoint whose name and shape match (all but the upsampler)."""
     src = read_checkpoint(path)
@@ -229,6 +239,9 @@ def parse_args(argv=None):
     ap.add_argument("--memory-format", choices=["auto", *LAYOUTS], default="auto",
                     help="tensor layout: auto is channels_last on a CPU (1.2-1.4x faster per step here with bf16, "
                          "see eval/train_speed.py), contiguous on a GPU")
+    ap.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                    help="keep an exponential moving average of the weights with this decay (e.g. 0.999) and "
+                         "validate and write model.pt from it; last.pt keeps both (0: off, the default)")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     ap.add_argument("--init-from", default=None, help="checkpoint of another scale to start the body from")
     ap.add_argument("--save-every", type=int, default=250, help="write last.pt every N iterations")
@@ -270,6 +283,7 @@ def main(argv=None):
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8,
                            fused=device.type == "cuda")
     state = {"iteration": 0, "seconds": 0.0, "best_val": None}
+    ema_saved = None
     resume = out / "last.pt"
     sampler = PatchSampler(args.data, args.scale, args.patch, seed=args.seed + rank, log=log,
                            sampling=args.sampling)
@@ -278,6 +292,7 @@ def main(argv=None):
         model.load_state_dict(blob["state_dict"])
         ts = blob["train_state"]
         opt.load_state_dict(ts["optimizer"])
+        ema_saved = ts.get("ema")
         state = ts["state"]
         torch.set_rng_state(ts["torch_rng"])
         random.setstate(ts["python_rng"])
@@ -287,6 +302,9 @@ def main(argv=None):
     layout = memory_format(args, device)
     model.to(device, memory_format=layout).train()
     net = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
+    ema = ema_of(model, args.ema, ema_saved) if args.ema else None
+    # what validation measures and model.pt ships: the average when there is one
+    shipped = ema.module if ema is not None else model
     amp = autocast_dtype(args, device)
     loss_fn = LOSSES[args.loss]
     val_pairs = load_pairs(args.val, args.scale) if args.val and rank == 0 else []
@@ -300,7 +318,7 @@ def main(argv=None):
             "data": str(args.data), "batch": args.batch, "patch": args.patch, "lr": args.lr, "loss": args.loss,
             "sampling": args.sampling,
             "schedule": args.schedule, "time_budget_minutes": args.time_budget, "amp": str(amp),
-            "memory_format": str(layout),
+            "memory_format": str(layout), "ema_decay": args.ema or None,
             "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
             "machine": f"{platform.machine()} {os.cpu_count()} cores", "init_from": args.init_from,
             "command": "python core/train.py " + " ".join(sys.argv[1:]) if argv is None else "main(" + repr(argv) + ")",
@@ -311,7 +329,8 @@ def main(argv=None):
             return
         save_checkpoint(resume, model, meta(), train_state={
             "optimizer": opt.state_dict(), "state": state, "torch_rng": torch.get_rng_state(),
-            "python_rng": random.getstate(), "args": vars(args)})
+            "python_rng": random.getstate(), "args": vars(args),
+            **({"ema": {k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}} if ema else {})})
 
     log_path = out / "log.csv"
     new_log = not log_path.exists()
@@ -335,6 +354,8 @@ def main(argv=None):
                 g["lr"] = lr_now
             lr_b, hr_b = (t.to(device, non_blocking=True).float().div_(255.0) for t in next(feed))
             loss = train_step(net, opt, loss_fn, lr_b.contiguous(memory_format=layout), hr_b, amp)
+            if ema is not None:
+                ema.update_parameters(model)
             state["iteration"] = it + 1
             loss_acc += loss.detach()
             n_acc += 1
@@ -349,7 +370,7 @@ def main(argv=None):
                         else None)
             last = done in (args.iters, stop_at) or stop_why is not None
             if val_pairs and (done % args.val_every == 0 or last):
-                val = validate(model, val_pairs, args.scale, device)
+                val = validate(shipped, val_pairs, args.scale, device)
                 if state["best_val"] is None or val > state["best_val"]:
                     state["best_val"] = val
                 log(f"\niteration {done}: validation PSNR(Y) {val:.3f} dB (best {state['best_val']:.3f})")
@@ -367,7 +388,7 @@ def main(argv=None):
             if done % args.save_every == 0 or last:
                 save_all()
             if rank == 0 and (val is not None or last):
-                save_checkpoint(out / "model.pt", model, meta())
+                save_checkpoint(out / "model.pt", shipped, meta())
             if stop_why == "budget":
                 log(f"\ntime budget of {args.time_budget:g} minutes spent at iteration {done}")
                 break

@@ -165,3 +165,17 @@ def test_train_speed_tool_times_every_arm(capsys):
     layouts = [row.split("|")[2].strip() for row in rows]
     assert layouts.count("channels_last") == layouts.count("contiguous") >= 1
     assert all(float(row.split("|")[3]) > 0 for row in rows)
+
+
+def test_ema_is_validated_shipped_and_resumed_exactly(data, tmp_path):
+    train_main(_args(data, tmp_path / "straight", 4, ema=0.5))
+    train_main(_args(data, tmp_path / "resumed", 4, ema=0.5, stop_at=2))
+    train_main(_args(data, tmp_path / "resumed", 4, ema=0.5))
+    a, b = (read_checkpoint(tmp_path / name / "last.pt") for name in ("straight", "resumed"))
+    ema_a, ema_b = a["train_state"]["ema"], b["train_state"]["ema"]
+    assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)   # the average resumes exactly too
+    shipped = read_checkpoint(tmp_path / "straight" / "model.pt")
+    assert shipped["meta"]["training"]["ema_decay"] == 0.5
+    for k, v in shipped["state_dict"].items():
+        assert torch.equal(v, ema_a["module." + k]), k          # model.pt is the average...
+    assert any(not torch.equal(v, a["state_dict"][k]) for k, v in shipped["state_dict"].items())  # ...not the raw weights
