@@ -379,7 +379,10 @@ def main(argv=None):
                 state["seconds"] += now - t0
                 t0 = now
                 mean_loss = loss_acc.item() / max(1, n_acc)
-                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr_now:.2e}", refresh=False)
+                # with --time-budget the bar's ETA (from --iters, a mere cap) means nothing: show the budget left
+                left = {} if args.time_budget is None else {
+                    "budget_left": f"{max(0.0, args.time_budget - state['seconds'] / 60):.0f}min"}
+                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr_now:.2e}", **left, refresh=False)
                 if rank == 0:
                     writer.writerow([done, round(mean_loss, 6), lr_now, round(state["seconds"], 1),
                                      "" if val is None else round(val, 4)])
