@@ -1,7 +1,9 @@
 """The one image loader and writer of the kit (numpy + Pillow, no torch).
 
-Reads what users have: 8/16-bit PNG, JPEG, BMP, TIFF, WebP; grayscale, RGBA,
-palette and CMYK images; EXIF rotation. Models always see RGB float32 in [0, 1];
+Reads what users have: 8/16-bit PNG, JPEG, BMP, TIFF, WebP, GIF, PPM/PGM, TGA,
+JPEG 2000, AVIF (Pillow >= 11.3) and HEIC/HEIF (with the `heic` extra, pillow-heif);
+grayscale, RGBA, palette and CMYK images; EXIF rotation; animated GIF/WebP/PNG and
+multi-page TIFF frame by frame. Models always see RGB float32 in [0, 1];
 what the file was (gray, alpha, bit depth) travels beside it so the writer can
 give back the same kind of image. Writers go through a temporary file and a
 rename, so a failure never leaves a half-written file.
@@ -11,13 +13,33 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
 
 from drsan_kit.core.atomic import atomic_path
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+try:   # iPhone photos are HEIC; Pillow reads them only through this plugin (the `heic` extra)
+    from pillow_heif import register_heif_opener
+    register_heif_opener()
+except ImportError:
+    pass
+
+# raster formats people keep photos and frames in; the list is cut to what this Pillow build can read
+_WANTED = (".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".gif",
+           ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".jp2", ".j2k", ".avif", ".heic", ".heif")
+Image.init()
+IMAGE_EXTENSIONS = tuple(e for e in _WANTED if e in Image.registered_extensions())
+_NEEDS = {".heic": "pip install 'drsan-edge-kit[heic]' (pillow-heif)",
+          ".heif": "pip install 'drsan-edge-kit[heic]' (pillow-heif)",
+          ".avif": "pip install 'pillow>=11.3'"}
+
+
+def missing_reader(ext: str) -> str | None:
+    """What to install to read a wanted format this environment cannot, else None."""
+    ext = ext.lower()
+    return _NEEDS.get(ext) if ext in _WANTED and ext not in IMAGE_EXTENSIONS else None
 
 
 class ImageError(ValueError):
@@ -116,6 +138,56 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
     return np.clip(np.round(np.asarray(x, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
 
 
+def frame_count(path: str | os.PathLike) -> int:
+    """Frames in an image file: above 1 for animated GIF/WebP/PNG and multi-page TIFF."""
+    try:
+        with Image.open(path) as im:
+            return int(getattr(im, "n_frames", 1))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"{path}: cannot read image ({exc})") from None
+
+
+def load_frames(path: str | os.PathLike) -> tuple[Iterator[tuple[LoadedImage, int]], int]:
+    """(frames, loop) of an animated image: frames yields (frame, duration in ms), composited as shown."""
+    path = Path(path)
+    im = Image.open(path)
+    loop = int(im.info.get("loop", 0))
+
+    def frames():
+        with im:
+            try:
+                for frame in ImageSequence.Iterator(im):
+                    picture = frame.copy()   # loads the frame; WebP sets its duration only then
+                    yield _decode(picture), int(frame.info.get("duration", 100) or 100)
+            except (OSError, SyntaxError, ValueError, EOFError) as exc:
+                raise ImageError(f"{path}: cannot read frame {im.tell()} ({exc})") from None
+    return frames(), loop
+
+
+def save_animation(path: str | os.PathLike, frames: Iterable[tuple[LoadedImage, int]], loop: int = 0) -> Path:
+    """Write (frame, duration ms) pairs as one animated/multi-page file, atomically; needs a format that
+    holds several frames (GIF, WebP, PNG, TIFF)."""
+    path = Path(path)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt not in Image.SAVE_ALL:
+        raise ImageError(f"{path}: {fmt or path.suffix!r} cannot hold several frames; use .gif, .webp, .png or .tif")
+    pils, durations = [], []
+    for img, ms in frames:   # kept as 8-bit Pillow images, not float arrays: 4x less memory per frame
+        pils.append(_fit_mode(_pil_image(img), fmt))
+        durations.append(ms)
+    modes = {im.mode for im in pils}
+    if len(modes) > 1:       # e.g. a GIF whose later frames gained transparency
+        mode = "RGBA" if any(m in ("RGBA", "LA") for m in modes) else "RGB"
+        pils = [im.convert(mode) for im in pils]
+    kwargs = {"duration": durations, "loop": loop} if fmt in ("GIF", "PNG", "WEBP", "AVIF") else {}
+    try:
+        with atomic_path(path) as tmp:
+            pils[0].save(tmp, format=fmt, save_all=True, append_images=pils[1:], **kwargs)
+    except (OSError, KeyError, ValueError) as exc:
+        raise ImageError(f"{path}: cannot write {len(pils)} {pils[0].mode} frames as {fmt} ({exc})") from None
+    return path
+
+
 def list_images(folder: str | os.PathLike) -> list[Path]:
     """All image files under folder, recursively, in a stable order."""
     folder = Path(folder)
@@ -137,6 +209,19 @@ def _pil_image(img: LoadedImage) -> Image.Image:
     return Image.fromarray(np.dstack([rgb, to_uint8(img.alpha)]), "RGBA")
 
 
+_NO_ALPHA = {"JPEG", "BMP", "DIB", "PPM"}
+_SIXTEEN_BIT = {"PNG", "TIFF", "PPM", "JPEG2000"}
+
+
+def _fit_mode(pil: Image.Image, fmt: str) -> Image.Image:
+    """Drop what the output format cannot store (16 bits, alpha) instead of failing on it."""
+    if pil.mode == "I;16" and fmt not in _SIXTEEN_BIT:
+        pil = Image.fromarray(((np.asarray(pil).astype(np.uint32) + 128) // 257).astype(np.uint8), "L")
+    if pil.mode in ("RGBA", "LA") and fmt in _NO_ALPHA:
+        pil = pil.convert("RGB" if pil.mode == "RGBA" else "L")
+    return pil
+
+
 def save_image(path: str | os.PathLike, img: LoadedImage | np.ndarray, quality: int = 95) -> Path:
     """Write atomically (temporary file + rename). A bare array is taken as RGB [0, 1] float or uint8."""
     if isinstance(img, np.ndarray):
@@ -146,12 +231,11 @@ def save_image(path: str | os.PathLike, img: LoadedImage | np.ndarray, quality: 
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
         raise ImageError(f"{path}: unknown image extension {path.suffix!r}")
-    pil = _pil_image(img)
-    if fmt in ("JPEG", "BMP") and pil.mode in ("RGBA", "LA"):
-        pil = pil.convert("RGB" if pil.mode == "RGBA" else "L")  # these formats have no alpha
-    if fmt in ("JPEG", "WEBP") and pil.mode == "I;16":
-        pil = Image.fromarray((np.asarray(pil) // 257).astype(np.uint8), "L")
-    kwargs = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
-    with atomic_path(path) as tmp:
-        pil.save(tmp, format=fmt, **kwargs)
+    pil = _fit_mode(_pil_image(img), fmt)
+    kwargs = {"quality": quality} if fmt in ("JPEG", "WEBP", "AVIF", "HEIF") else {}
+    try:
+        with atomic_path(path) as tmp:
+            pil.save(tmp, format=fmt, **kwargs)
+    except (OSError, KeyError, ValueError) as exc:
+        raise ImageError(f"{path}: cannot write a {pil.mode} image as {fmt} ({exc})") from None
     return path

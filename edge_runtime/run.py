@@ -18,9 +18,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
-from drsan_kit.core.images import IMAGE_EXTENSIONS, ImageError, load_image, save_image
+from drsan_kit.core.images import (IMAGE_EXTENSIONS, ImageError, frame_count, load_frames, load_image,
+                                   missing_reader, save_animation, save_image)
 from drsan_kit.edge_runtime.backends import BackendError, open_backend
 from drsan_kit.edge_runtime.manifest import artifact_entry
 from drsan_kit.edge_runtime.upscaler import Upscaler, time_frames
@@ -119,6 +121,8 @@ def output_path(args, src: Path, rel: Path, scale: int, single: bool) -> Path:
 
 def process_image(up: Upscaler, src: Path, dst: Path, bars: bool) -> tuple[int, list[float], float]:
     try:
+        if frame_count(src) > 1:
+            return process_animation(up, src, dst, bars)
         img = load_image(src)
     except ImageError as exc:
         raise InputError(str(exc)) from None
@@ -132,6 +136,30 @@ def process_image(up: Upscaler, src: Path, dst: Path, bars: bool) -> tuple[int, 
     return 1, [ms], out.rgb.shape[0] * out.rgb.shape[1] / 1e6
 
 
+def process_animation(up: Upscaler, src: Path, dst: Path, bars: bool) -> tuple[int, list[float], float]:
+    """An animated GIF/WebP/PNG or multi-page TIFF: every frame, same timing and loop, one file out."""
+    n = frame_count(src)
+    if Image.registered_extensions().get(dst.suffix.lower()) not in Image.SAVE_ALL:
+        raise InputError(f"{src}: has {n} frames, which {dst.suffix} cannot hold; use --ext gif, webp, png or tif")
+    frames, loop = load_frames(src)
+    times, mp = [], 0.0
+
+    def upscaled():
+        nonlocal mp
+        with tqdm(total=n, desc=src.name, unit="frame", leave=False, disable=not bars) as bar:
+            for img, ms in frames:
+                if not times:
+                    check_tile(up, img.rgb.shape[0], img.rgb.shape[1], src)
+                t0 = time.perf_counter()
+                out = up.image(img)
+                times.append((time.perf_counter() - t0) * 1000)
+                mp += out.rgb.shape[0] * out.rgb.shape[1] / 1e6
+                bar.update(1)
+                yield out, ms
+    save_animation(dst, upscaled(), loop)
+    return len(times), times, mp
+
+
 def process_video(up: Upscaler, src: Path, dst: Path, bars: bool) -> tuple[int, list[float], float]:
     try:
         info = probe(src)
@@ -140,7 +168,7 @@ def process_video(up: Upscaler, src: Path, dst: Path, bars: bool) -> tuple[int, 
     check_tile(up, info["height"], info["width"], src)
     times, mp = [], 0.0
     try:
-        with VideoWriter(dst, info["fps"]) as writer, \
+        with VideoWriter(dst, info["fps"], audio_from=src if info["audio"] else None) as writer, \
                 tqdm(total=info["frames"], desc=src.name, unit="frame", leave=False, disable=not bars) as bar:
             for rgb in read_frames(src):
                 t0 = time.perf_counter()
@@ -213,6 +241,8 @@ def main(argv=None) -> int:
             if not src.is_file():
                 raise InputError(f"{src}: no such file")
             ext = src.suffix.lower()
+            if missing_reader(ext):
+                raise InputError(f"{src}: reading {ext} needs {missing_reader(ext)}")
             if ext not in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS:
                 raise InputError(f"{src}: unsupported format {ext or '(no extension)'}; images: "
                                  f"{' '.join(IMAGE_EXTENSIONS)}; videos: {' '.join(VIDEO_EXTENSIONS)}")

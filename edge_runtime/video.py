@@ -1,8 +1,11 @@
 """Video in and out through PyAV (FFmpeg), numpy frames only.
 
-Frames are (H, W, 3) uint8 RGB. The writer encodes H.264 (yuv420p, so odd sizes
-lose their last row/column) at the source frame rate, into a temporary file
-that is renamed into place only when the whole video was written.
+Frames are (H, W, 3) uint8 RGB, turned upright: phone videos are stored sideways
+with a rotation in their metadata, and the reader applies it, as players do. The
+writer encodes H.264 (yuv420p, so odd sizes lose their last row/column; webm:
+VP9) at the source frame rate, copies the source's first audio track unchanged,
+and writes into a temporary file that is renamed into place only when the whole
+video was written.
 """
 from __future__ import annotations
 
@@ -13,14 +16,20 @@ from typing import Iterator
 
 import numpy as np
 
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v")
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v", ".ts", ".mts", ".m2ts", ".3gp")
 
 
 class VideoError(ValueError):
     pass
 
 
+def _quarter_turns(frame) -> int:
+    """Counter-clockwise quarter turns that make a decoded frame upright (its display matrix; PyAV >= 13)."""
+    return round(getattr(frame, "rotation", 0) / 90) % 4
+
+
 def probe(path) -> dict:
+    """fps, frame count (None if the container does not say), upright width and height, audio or not."""
     import av
 
     try:
@@ -29,8 +38,11 @@ def probe(path) -> dict:
                 raise VideoError(f"{path}: no video stream")
             stream = container.streams.video[0]
             rate = stream.average_rate or stream.guessed_rate or Fraction(25)
-            return {"fps": Fraction(rate), "frames": stream.frames or None, "width": stream.width,
-                    "height": stream.height}
+            first = next(container.decode(video=0), None)
+            turns = _quarter_turns(first) if first is not None else 0
+            w, h = (stream.height, stream.width) if turns % 2 else (stream.width, stream.height)
+            return {"fps": Fraction(rate), "frames": stream.frames or None, "width": w, "height": h,
+                    "audio": bool(container.streams.audio)}
     except av.FFmpegError as exc:
         raise VideoError(f"{path}: cannot read video ({exc.__class__.__name__}: {exc})") from None
 
@@ -43,7 +55,9 @@ def read_frames(path) -> Iterator[np.ndarray]:
     try:
         with av.open(str(path)) as container:
             for frame in container.decode(video=0):
-                yield frame.to_ndarray(format="rgb24")
+                rgb = frame.to_ndarray(format="rgb24")
+                turns = _quarter_turns(frame)
+                yield np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
                 n += 1
     except av.FFmpegError as exc:
         raise VideoError(f"{path}: video ends early or is corrupt after {n} frames ({exc})") from None
@@ -52,19 +66,38 @@ def read_frames(path) -> Iterator[np.ndarray]:
 
 
 class VideoWriter:
-    """Context manager; on any exception the partial file is removed."""
+    """Context manager; on any exception the partial file is removed.
 
-    def __init__(self, path, fps: Fraction, codec: str = "libx264", crf: int = 18):
+    audio_from: a video whose first audio track is copied (not re-encoded) into the output."""
+
+    def __init__(self, path, fps: Fraction, codec: str = "libx264", crf: int = 18, audio_from=None):
         self.path, self.fps, self.codec, self.crf = Path(path), fps, codec, crf
         self.tmp = self.path.with_name(f".{self.path.stem}.part{self.path.suffix}")
         self.container = self.stream = None
+        self.audio_from, self.source, self.audio = audio_from, None, None
 
     def __enter__(self):
         import av
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.container = av.open(str(self.tmp), mode="w")
+        if self.audio_from is not None:
+            self.source = av.open(str(self.audio_from))
         return self
+
+    def _copy_audio(self):
+        """The source's audio packets, shifted so that audio and video start together as in the source."""
+        src_audio = self.source.streams.audio[0]
+        video = self.source.streams.video[0]
+        start = float(video.start_time * video.time_base) if video.start_time is not None else 0.0
+        shift = round(start / src_audio.time_base)
+        for packet in self.source.demux(src_audio):
+            if packet.pts is None or packet.pts - shift < 0:
+                continue   # flush packets, and audio from before the first video frame
+            packet.pts -= shift
+            packet.dts = packet.dts - shift if packet.dts is not None else None
+            packet.stream = self.audio
+            self.container.mux(packet)
 
     def write(self, rgb: np.ndarray):
         import av
@@ -78,19 +111,35 @@ class VideoWriter:
             self.stream.width, self.stream.height, self.stream.pix_fmt = w, h, "yuv420p"
             if codec == "libx264":
                 self.stream.options = {"crf": str(self.crf)}
+            if self.source is not None and self.source.streams.audio:
+                # video first, as players expect; every stream must exist before the first packet
+                self.audio = self.container.add_stream_from_template(self.source.streams.audio[0])
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[:h, :w]), format="rgb24")
         for packet in self.stream.encode(frame):
             self.container.mux(packet)
 
     def __exit__(self, exc_type, exc, tb):
+        import av
+
+        ok = exc_type is None and self.stream is not None
         try:
-            if exc_type is None and self.stream is not None:
+            if ok:
                 for packet in self.stream.encode():
                     self.container.mux(packet)
+                if self.audio is not None:
+                    self._copy_audio()
+        except av.FFmpegError as err:
+            ok = False
+            raise VideoError(f"{self.audio_from or self.path}: cannot finish the video ({err})") from None
         finally:
-            self.container.close()
-        if exc_type is None and self.stream is not None:
-            os.replace(self.tmp, self.path)
-        elif self.tmp.exists():
-            self.tmp.unlink()
+            for c in (self.container, self.source):
+                try:
+                    if c is not None:
+                        c.close()
+                except av.FFmpegError:
+                    ok = False
+            if ok:
+                os.replace(self.tmp, self.path)
+            elif self.tmp.exists():
+                self.tmp.unlink()
         return False

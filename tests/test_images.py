@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from drsan_kit.core.images import ImageError, LoadedImage, load_image, save_image
+from drsan_kit.core.images import (IMAGE_EXTENSIONS, ImageError, LoadedImage, frame_count, load_frames, load_image,
+                                   save_animation, save_image)
 
 
 def _photo(h=20, w=24):
@@ -74,3 +75,61 @@ def test_failed_write_leaves_nothing(tmp_path):
     with pytest.raises(Exception):
         save_image(tmp_path / "x.png", bad)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("ext", ["gif", "ppm", "tga", "jp2", "avif", "heic"])
+def test_more_formats_round_trip(tmp_path, ext):
+    if f".{ext}" not in IMAGE_EXTENSIONS:
+        pytest.skip(f".{ext}: this Pillow cannot read it (avif needs Pillow >= 11.3, heic the heic extra)")
+    yy, xx = np.mgrid[0:32, 0:40]   # smooth, so that lossy codecs can be held to a few levels
+    arr = np.dstack([yy * 7, xx * 6, (yy + xx) * 3]).astype(np.uint8)
+    save_image(tmp_path / f"a.{ext}", arr)
+    img = load_image(tmp_path / f"a.{ext}")
+    assert img.rgb.shape == (32, 40, 3)
+    err = np.abs(img.rgb * 255 - arr).mean()
+    assert err < (0.5 if ext in ("ppm", "tga", "jp2") else 4)   # lossless ones exactly; GIF's palette, lossy codecs closely
+
+
+def _animation(tmp_path, ext, n=3):
+    frames = [Image.fromarray(np.roll(_photo(16, 20), 5 * i, axis=1)) for i in range(n)]
+    path = tmp_path / f"anim.{ext}"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=[40, 50, 60][:n], loop=2)
+    return path, [np.asarray(f) for f in frames]
+
+
+@pytest.mark.parametrize("ext", ["gif", "webp", "png", "tif"])
+def test_animations_keep_every_frame_and_their_timing(tmp_path, ext):
+    path, truth = _animation(tmp_path, ext)
+    assert frame_count(path) == 3
+    frames, loop = load_frames(path)
+    frames = list(frames)
+    assert len(frames) == 3
+    # every frame is its own picture, not the first one three times
+    firsts = [np.round(f.rgb * 255).astype(int) for f, _ in frames]
+    assert all(np.abs(firsts[i] - truth[i]).mean() < np.abs(firsts[i] - truth[(i + 1) % 3]).mean() for i in range(3))
+    save_animation(tmp_path / f"out.{ext}", frames, loop)
+    again, loop_again = load_frames(tmp_path / f"out.{ext}")
+    again = list(again)
+    assert len(again) == 3
+    if ext != "tif":   # TIFF pages have no timing
+        assert [ms for _, ms in again] == [40, 50, 60] and loop_again == loop == 2
+
+
+def test_animation_into_a_one_frame_format_is_an_error(tmp_path):
+    path, _ = _animation(tmp_path, "gif")
+    frames, loop = load_frames(path)
+    with pytest.raises(ImageError, match="cannot hold several frames"):
+        save_animation(tmp_path / "out.jpg", frames, loop)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["anim.gif"]
+
+
+@pytest.mark.parametrize("ext", ["bmp", "tga", "jpg", "gif", "ppm"])
+def test_formats_without_16_bits_or_alpha_get_the_nearest_image(tmp_path, ext):
+    g16 = LoadedImage(np.repeat(np.linspace(0, 1, 20 * 24, dtype=np.float32).reshape(20, 24, 1), 3, 2),
+                      gray=True, bit_depth=16)
+    la = LoadedImage(g16.rgb, alpha=np.full((20, 24), 0.5, np.float32), gray=True)
+    for name, img in (("g16", g16), ("la", la)):
+        save_image(tmp_path / f"{name}.{ext}", img)
+        back = load_image(tmp_path / f"{name}.{ext}")
+        assert back.rgb.shape == (20, 24, 3)
+        assert np.abs(back.rgb - g16.rgb).mean() < 0.02

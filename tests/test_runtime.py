@@ -202,3 +202,88 @@ def test_tflite_tile_flag_resizes_the_model(tflite_artifacts, photos, tmp_path):
     ref = np.asarray(Image.open(tmp_path / "ref.png"), dtype=int)
     assert whole.shape == ref.shape == (160, 200, 3)
     assert np.abs(whole - ref).max() <= 1
+
+
+def test_animated_gif_comes_back_animated(onnx_artifacts, tmp_path):
+    frames = [Image.fromarray(np.full((12, 16, 3), 40 * i + 20, np.uint8)) for i in range(4)]
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:], duration=70, loop=0)
+    run_tool("edge_runtime/run.py", "--onnx", _onnx(onnx_artifacts), tmp_path / "a.gif", "--out", tmp_path / "o")
+    with Image.open(tmp_path / "o" / "a_x4.gif") as out:
+        assert (out.n_frames, out.size, out.info["duration"]) == (4, (64, 48), 70)
+        out.seek(3)
+        assert abs(np.asarray(out.convert("RGB")).mean() - 140) < 3   # the last frame, not the first again
+    proc = run_tool("edge_runtime/run.py", "--onnx", _onnx(onnx_artifacts), tmp_path / "a.gif", "--ext", "jpg",
+                    "--out", tmp_path / "j", check=False)
+    assert proc.returncode == 1 and "has 4 frames, which .jpg cannot hold" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "j").exists()
+
+
+def _rotate_mp4(path, quarter_turns_cw=1):
+    """Set the track's display matrix (tkhd), as phones do for portrait video stored sideways."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    i = data.index(b"tkhd")
+    # box type, version/flags, times + track id + reserved + duration, reserved, layer..volume
+    off = i + 4 + 4 + (32 if data[i + 4] == 1 else 20) + 8 + 8
+    one, minus = 0x00010000, 0xFFFF0000
+    a, b, c, d = {1: (0, one, minus, 0), 2: (minus, 0, 0, minus), 3: (0, minus, one, 0)}[quarter_turns_cw]
+    struct.pack_into(">9I", data, off, a, b, 0, c, d, 0, 0, 0, 0x40000000)
+    path.write_bytes(bytes(data))
+
+
+def _marked_video(path, frames=3, size=(40, 48), audio=None):
+    """Frames with a white block in the top-left corner; optionally a 440 Hz tone of 0.5 s."""
+    import av
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libvpx-vp9" if path.suffix == ".webm" else "libx264", rate=12)
+        s.width, s.height, s.pix_fmt = size[1], size[0], "yuv420p"
+        a = c.add_stream(audio, rate=48000, layout="mono") if audio else None
+        img = np.full((*size, 3), 60, np.uint8)
+        img[: size[0] // 4, : size[1] // 4] = 255
+        for _ in range(frames):
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+        if a is not None:
+            tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(24000) / 48000)).astype(np.float32)[None]
+            step = a.codec_context.frame_size or 960
+            for k in range(0, tone.shape[1], step):
+                f = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone[:, k:k + step]), format="fltp", layout="mono")
+                f.sample_rate, f.pts = 48000, k
+                for p in a.encode(f):
+                    c.mux(p)
+            for p in a.encode():
+                c.mux(p)
+
+
+def test_phone_video_rotation_is_applied(onnx_artifacts, tmp_path):
+    import av
+
+    src = tmp_path / "portrait.mp4"
+    _marked_video(src)
+    _rotate_mp4(src)   # shown turned 90 degrees clockwise: the block goes to the top-right
+    run_tool("edge_runtime/run.py", "--onnx", _onnx(onnx_artifacts, dynamic=True), "--tile", "0", src,
+             "--out", tmp_path / "o")
+    with av.open(str(tmp_path / "o" / "portrait_x4.mp4")) as c:
+        frame = next(c.decode(video=0))
+        rgb = frame.to_ndarray(format="rgb24").astype(float)
+    assert rgb.shape[:2] == (192, 160) and frame.rotation == 0   # upright pixels, no rotation left to apply
+    assert rgb[:30, -30:].mean() > 200 and rgb[:30, :30].mean() < 120
+
+
+@pytest.mark.parametrize("ext,codec", [(".mp4", "aac"), (".webm", "libopus")])
+def test_video_keeps_its_audio(onnx_artifacts, tmp_path, ext, codec):
+    import av
+
+    src = (tmp_path / "talk").with_suffix(ext)
+    _marked_video(src, audio=codec)
+    run_tool("edge_runtime/run.py", "--onnx", _onnx(onnx_artifacts, dynamic=True), "--tile", "0", src,
+             "--out", tmp_path / "o")
+    with av.open(str(tmp_path / "o" / f"talk_x4{ext}")) as c:
+        assert [s.type for s in c.streams] == ["video", "audio"]
+        assert c.streams.audio[0].codec_context.name == codec.removeprefix("lib")   # copied, not re-encoded
+        samples = sum(f.samples for f in c.decode(audio=0))
+    assert abs(samples - 24000) < 2400   # the whole half second of sound
