@@ -52,6 +52,7 @@ class LoadedImage:
     alpha: np.ndarray | None = None  # (H, W) float32 in [0, 1], or None
     gray: bool = False               # the file was single-channel
     bit_depth: int = 8               # 8 or 16
+    icc: bytes | None = None         # the file's colour profile (e.g. Display P3 from a phone), written back
 
     @property
     def size(self) -> tuple[int, int]:
@@ -83,7 +84,11 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
         with Image.open(path) as im:
             im.load()
             im = ImageOps.exif_transpose(im)
-            return _decode(im)
+            img = _decode(im)
+            # a profile describes the file's own colour space; after a CMYK/Lab -> RGB conversion it would lie
+            if im.mode in ("RGB", "RGBA", "L", "LA", "P", "PA", "I;16", "I;16B", "I;16L", "I"):
+                img.icc = im.info.get("icc_profile") or None
+            return img
     except ImageError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
@@ -209,6 +214,7 @@ def _pil_image(img: LoadedImage) -> Image.Image:
     return Image.fromarray(np.dstack([rgb, to_uint8(img.alpha)]), "RGBA")
 
 
+_ICC_FORMATS = {"PNG", "JPEG", "WEBP", "TIFF", "AVIF", "HEIF"}
 _NO_ALPHA = {"JPEG", "BMP", "DIB", "PPM"}
 _SIXTEEN_BIT = {"PNG", "TIFF", "PPM", "JPEG2000"}
 
@@ -233,6 +239,8 @@ def save_image(path: str | os.PathLike, img: LoadedImage | np.ndarray, quality: 
         raise ImageError(f"{path}: unknown image extension {path.suffix!r}")
     pil = _fit_mode(_pil_image(img), fmt)
     kwargs = {"quality": quality} if fmt in ("JPEG", "WEBP", "AVIF", "HEIF") else {}
+    if img.icc and fmt in _ICC_FORMATS:   # gray stays gray and colour colour, so the profile still fits
+        kwargs["icc_profile"] = img.icc
     try:
         with atomic_path(path) as tmp:
             pil.save(tmp, format=fmt, **kwargs)

@@ -61,7 +61,7 @@ class Upscaler:
         alpha = None
         if img.alpha is not None:
             alpha = np.clip(imresize(img.alpha.astype(np.float64), self.scale), 0, 1).astype(np.float32)
-        return LoadedImage(rgb, alpha, img.gray, img.bit_depth)
+        return LoadedImage(rgb, alpha, img.gray, img.bit_depth, img.icc)
 
     def windows(self, height: int, width: int) -> int:
         return self.tiler.count(height, width)

@@ -133,3 +133,18 @@ def test_formats_without_16_bits_or_alpha_get_the_nearest_image(tmp_path, ext):
         back = load_image(tmp_path / f"{name}.{ext}")
         assert back.rgb.shape == (20, 24, 3)
         assert np.abs(back.rgb - g16.rgb).mean() < 0.02
+
+
+@pytest.mark.parametrize("ext", ["png", "jpg", "webp", "tif"])
+def test_colour_profile_is_kept(tmp_path, ext):
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes()   # any valid profile, not sRGB's
+    Image.fromarray(_photo()).save(tmp_path / f"p.{ext}", icc_profile=icc)
+    img = load_image(tmp_path / f"p.{ext}")
+    assert img.icc == icc
+    save_image(tmp_path / f"out.{ext}", img)
+    assert Image.open(tmp_path / f"out.{ext}").info.get("icc_profile") == icc
+    # a CMYK file's profile describes CMYK: it must not ride along on the RGB it becomes
+    Image.fromarray(_photo()).convert("CMYK").save(tmp_path / "c.jpg", icc_profile=icc)
+    assert load_image(tmp_path / "c.jpg").icc is None
