@@ -73,13 +73,18 @@ def _sixteen_bit(im: Image.Image) -> np.ndarray | None:
     return None
 
 
-def load_image(path: str | os.PathLike) -> LoadedImage:
-    """Decode an image file fully; raise ImageError naming the file on any problem."""
+def _existing(path) -> Path:
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise ImageError(f"{path}: file is empty")
+    return path
+
+
+def load_image(path: str | os.PathLike) -> LoadedImage:
+    """Decode an image file fully; raise ImageError naming the file on any problem."""
+    path = _existing(path)
     try:
         with Image.open(path) as im:
             im.load()
@@ -146,7 +151,7 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
 def frame_count(path: str | os.PathLike) -> int:
     """Frames in an image file: above 1 for animated GIF/WebP/PNG and multi-page TIFF."""
     try:
-        with Image.open(path) as im:
+        with Image.open(_existing(path)) as im:
             return int(getattr(im, "n_frames", 1))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{path}: cannot read image ({exc})") from None
