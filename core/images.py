@@ -174,12 +174,17 @@ def load_frames(path: str | os.PathLike) -> tuple[Iterator[tuple[LoadedImage, in
     return frames(), loop
 
 
+def holds_frames(path: str | os.PathLike) -> bool:
+    """Whether the image format of this file name can store several frames (GIF, WebP, PNG, TIFF, ...)."""
+    return Image.registered_extensions().get(Path(path).suffix.lower()) in Image.SAVE_ALL
+
+
 def save_animation(path: str | os.PathLike, frames: Iterable[tuple[LoadedImage, int]], loop: int = 0) -> Path:
     """Write (frame, duration ms) pairs as one animated/multi-page file, atomically; needs a format that
     holds several frames (GIF, WebP, PNG, TIFF)."""
     path = Path(path)
     fmt = Image.registered_extensions().get(path.suffix.lower())
-    if fmt not in Image.SAVE_ALL:
+    if not holds_frames(path):
         raise ImageError(f"{path}: {fmt or path.suffix!r} cannot hold several frames; use .gif, .webp, .png or .tif")
     pils, durations = [], []
     for img, ms in frames:   # kept as 8-bit Pillow images, not float arrays: 4x less memory per frame

@@ -18,11 +18,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
-from drsan_kit.core.images import (IMAGE_EXTENSIONS, ImageError, frame_count, load_frames, load_image,
-                                   missing_reader, save_animation, save_image)
+from drsan_kit.core.images import (IMAGE_EXTENSIONS, ImageError, frame_count, holds_frames, load_frames,
+                                   load_image, missing_reader, save_animation, save_image)
 from drsan_kit.edge_runtime.backends import BackendError, open_backend
 from drsan_kit.edge_runtime.manifest import artifact_entry
 from drsan_kit.edge_runtime.upscaler import Upscaler, time_frames
@@ -121,8 +120,9 @@ def output_path(args, src: Path, rel: Path, scale: int, single: bool) -> Path:
 
 def process_image(up: Upscaler, src: Path, dst: Path, bars: bool) -> tuple[int, list[float], float]:
     try:
-        if frame_count(src) > 1:
-            return process_animation(up, src, dst, bars)
+        n = frame_count(src)
+        if n > 1:
+            return process_animation(up, src, dst, bars, n)
         img = load_image(src)
     except ImageError as exc:
         raise InputError(str(exc)) from None
@@ -136,10 +136,9 @@ def process_image(up: Upscaler, src: Path, dst: Path, bars: bool) -> tuple[int, 
     return 1, [ms], out.rgb.shape[0] * out.rgb.shape[1] / 1e6
 
 
-def process_animation(up: Upscaler, src: Path, dst: Path, bars: bool) -> tuple[int, list[float], float]:
-    """An animated GIF/WebP/PNG or multi-page TIFF: every frame, same timing and loop, one file out."""
-    n = frame_count(src)
-    if Image.registered_extensions().get(dst.suffix.lower()) not in Image.SAVE_ALL:
+def process_animation(up: Upscaler, src: Path, dst: Path, bars: bool, n: int) -> tuple[int, list[float], float]:
+    """An animated GIF/WebP/PNG or multi-page TIFF of n frames: every frame, same timing and loop, one file out."""
+    if not holds_frames(dst):
         raise InputError(f"{src}: has {n} frames, which {dst.suffix} cannot hold; use --ext gif, webp, png or tif")
     frames, loop = load_frames(src)
     times, mp = [], 0.0
@@ -241,8 +240,8 @@ def main(argv=None) -> int:
             if not src.is_file():
                 raise InputError(f"{src}: no such file")
             ext = src.suffix.lower()
-            if missing_reader(ext):
-                raise InputError(f"{src}: reading {ext} needs {missing_reader(ext)}")
+            if needs := missing_reader(ext):
+                raise InputError(f"{src}: reading {ext} needs {needs}")
             if ext not in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS:
                 raise InputError(f"{src}: unsupported format {ext or '(no extension)'}; images: "
                                  f"{' '.join(IMAGE_EXTENSIONS)}; videos: {' '.join(VIDEO_EXTENSIONS)}")

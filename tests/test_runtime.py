@@ -96,19 +96,34 @@ def test_tiny_and_odd_frames_work(onnx_artifacts, tmp_path):
         assert Image.open(tmp_path / "o" / f"t{h}x{w}_x4.png").size == (4 * w, 4 * h)
 
 
-def _write_video(path, frames=6, size=(40, 48), fps=12):
+def _write_video(path, frames=6, size=(40, 48), fps=12, marked=False, audio=None):
+    """Random frames, or (marked) flat ones with a white block in the top-left corner; optionally a
+    0.5 s 440 Hz tone in the given audio codec. webm gets VP9, anything else H.264."""
     import av
 
     with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=fps)
+        s = c.add_stream("libvpx-vp9" if path.suffix == ".webm" else "libx264", rate=fps)
         s.width, s.height, s.pix_fmt = size[1], size[0], "yuv420p"
+        a = c.add_stream(audio, rate=48000, layout="mono") if audio else None
         rng = np.random.default_rng(0)
+        block = np.full((*size, 3), 60, np.uint8)
+        block[: size[0] // 4, : size[1] // 4] = 255
         for _ in range(frames):
-            f = av.VideoFrame.from_ndarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8), format="rgb24")
-            for p in s.encode(f):
+            img = block if marked else rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
                 c.mux(p)
         for p in s.encode():
             c.mux(p)
+        if a is not None:
+            tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(24000) / 48000)).astype(np.float32)[None]
+            step = a.codec_context.frame_size or 960
+            for k in range(0, tone.shape[1], step):
+                f = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone[:, k:k + step]), format="fltp", layout="mono")
+                f.sample_rate, f.pts = 48000, k
+                for p in a.encode(f):
+                    c.mux(p)
+            for p in a.encode():
+                c.mux(p)
 
 
 def test_video_round_trip_keeps_frames_and_rate(onnx_artifacts, tmp_path):
@@ -232,38 +247,11 @@ def _rotate_mp4(path, quarter_turns_cw=1):
     path.write_bytes(bytes(data))
 
 
-def _marked_video(path, frames=3, size=(40, 48), audio=None):
-    """Frames with a white block in the top-left corner; optionally a 440 Hz tone of 0.5 s."""
-    import av
-
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libvpx-vp9" if path.suffix == ".webm" else "libx264", rate=12)
-        s.width, s.height, s.pix_fmt = size[1], size[0], "yuv420p"
-        a = c.add_stream(audio, rate=48000, layout="mono") if audio else None
-        img = np.full((*size, 3), 60, np.uint8)
-        img[: size[0] // 4, : size[1] // 4] = 255
-        for _ in range(frames):
-            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-        if a is not None:
-            tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(24000) / 48000)).astype(np.float32)[None]
-            step = a.codec_context.frame_size or 960
-            for k in range(0, tone.shape[1], step):
-                f = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone[:, k:k + step]), format="fltp", layout="mono")
-                f.sample_rate, f.pts = 48000, k
-                for p in a.encode(f):
-                    c.mux(p)
-            for p in a.encode():
-                c.mux(p)
-
-
 def test_phone_video_rotation_is_applied(onnx_artifacts, tmp_path):
     import av
 
     src = tmp_path / "portrait.mp4"
-    _marked_video(src)
+    _write_video(src, frames=3, marked=True)
     _rotate_mp4(src)   # shown turned 90 degrees clockwise: the block goes to the top-right
     run_tool("edge_runtime/run.py", "--onnx", _onnx(onnx_artifacts, dynamic=True), "--tile", "0", src,
              "--out", tmp_path / "o")
@@ -279,7 +267,7 @@ def test_video_keeps_its_audio(onnx_artifacts, tmp_path, ext, codec):
     import av
 
     src = (tmp_path / "talk").with_suffix(ext)
-    _marked_video(src, audio=codec)
+    _write_video(src, frames=3, marked=True, audio=codec)
     run_tool("edge_runtime/run.py", "--onnx", _onnx(onnx_artifacts, dynamic=True), "--tile", "0", src,
              "--out", tmp_path / "o")
     with av.open(str(tmp_path / "o" / f"talk_x4{ext}")) as c:
