@@ -33,6 +33,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from drsan_kit.core.datasets import load_pairs
+from drsan_kit.core.holdout import describe, holdout_pairs, split_holdout
 from drsan_kit.core.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from drsan_kit.core.images import ImageError, list_images, load_rgb_uint8
 from drsan_kit.core.imresize import imresize
@@ -48,10 +49,11 @@ class PatchSampler(torch.utils.data.Dataset):
     unbroken one, and DataLoader workers can prepare batches ahead without sharing an RNG.
     """
 
-    def __init__(self, folder, scale: int, patch: int, seed: int, log=print, sampling: str = "area"):
+    def __init__(self, folder, scale: int, patch: int, seed: int, log=print, sampling: str = "area",
+                 files=None):
         self.scale, self.patch = scale, patch
         self.pairs, skipped, unreadable = [], 0, 0
-        files = list_images(folder)
+        files = list_images(folder) if files is None else files
         if not files:
             raise SystemExit(f"error: no images (png, jpg, bmp, tif, webp) found under {folder}")
         for path in tqdm(files, desc="loading training images", leave=False, disable=None):
@@ -218,7 +220,16 @@ def parse_args(argv=None):
     ap.add_argument("--variant", default="32s", choices=list(VARIANTS), help="model variant (default 32s)")
     ap.add_argument("--scale", type=int, default=4, choices=SCALES, help="upscaling factor (default 4)")
     ap.add_argument("--data", required=True, help="folder of training images, read recursively (e.g. DIV2K_train_HR)")
-    ap.add_argument("--val", default=None, help="validation set folder with HR/ (and LR_bicubic/X<s>/), e.g. ../shared/benchmarks/Set5")
+    ap.add_argument("--val-split", type=int, default=0, metavar="N",
+                    help="hold out N images of --data (a fixed split by path hash, recorded in the checkpoint) and "
+                         "validate on them; they are never trained on. The recommended validation: checkpoints and "
+                         "schedules are then never chosen on a benchmark set")
+    ap.add_argument("--val-max-side", type=int, default=256,
+                    help="centre-crop held-out images to at most this many HR pixels a side (bounds validation "
+                         "time on a CPU; 0 keeps them whole; default 256)")
+    ap.add_argument("--val", default=None,
+                    help="a separate validation folder with HR/ (and LR_bicubic/X<s>/) instead of --val-split; "
+                         "never a benchmark set you report on")
     ap.add_argument("--out", required=True, help="run folder: last.pt (resume state), model.pt, log.csv")
     ap.add_argument("--iters", type=int, default=20000, help="total training iterations")
     ap.add_argument("--batch", type=int, default=16, help="patches per iteration (per GPU under DDP)")
@@ -285,8 +296,14 @@ def main(argv=None):
     state = {"iteration": 0, "seconds": 0.0, "best_val": None}
     ema_saved = None
     resume = out / "last.pt"
+    if args.val and args.val_split:
+        raise SystemExit("error: give --val-split or --val, not both")
+    try:
+        train_files, held = split_holdout(args.data, args.val_split)
+    except ValueError as exc:
+        raise SystemExit(f"error: --val-split: {exc}") from None
     sampler = PatchSampler(args.data, args.scale, args.patch, seed=args.seed + rank, log=log,
-                           sampling=args.sampling)
+                           sampling=args.sampling, files=train_files)
     if resume.is_file():
         _, blob = load_checkpoint(resume, args.variant, args.scale)
         model.load_state_dict(blob["state_dict"])
@@ -307,7 +324,15 @@ def main(argv=None):
     shipped = ema.module if ema is not None else model
     amp = autocast_dtype(args, device)
     loss_fn = LOSSES[args.loss]
-    val_pairs = load_pairs(args.val, args.scale) if args.val and rank == 0 else []
+    if rank != 0:
+        val_pairs = []
+    elif args.val_split:
+        val_pairs = holdout_pairs(held, args.scale, args.val_max_side)
+        log(f"validation: {len(held)} held-out images of {args.data} (never trained on)")
+    else:
+        val_pairs = load_pairs(args.val, args.scale) if args.val else []
+    val_info = (describe(args.data, held) | {"max_side": args.val_max_side} if args.val_split
+                else {"set": str(args.val)})
     log(f"DRSAN-{args.variant} x{args.scale} on {device}, amp={amp}, {str(layout).split('.')[-1]}, "
         f"threads={torch.get_num_threads()}, "
         f"iterations {state['iteration']}->{args.iters}")
@@ -322,7 +347,7 @@ def main(argv=None):
             "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
             "machine": f"{platform.machine()} {os.cpu_count()} cores", "init_from": args.init_from,
             "command": "python core/train.py " + " ".join(sys.argv[1:]) if argv is None else "main(" + repr(argv) + ")",
-        }, "validation": {"set": str(args.val), "psnr_y": state["best_val"], "convention": "authors"}}
+        }, "validation": val_info | {"psnr_y": state["best_val"], "convention": "authors"}}
 
     def save_all():
         if rank != 0:

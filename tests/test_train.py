@@ -179,3 +179,21 @@ def test_ema_is_validated_shipped_and_resumed_exactly(data, tmp_path):
     for k, v in shipped["state_dict"].items():
         assert torch.equal(v, ema_a["module." + k]), k          # model.pt is the average...
     assert any(not torch.equal(v, a["state_dict"][k]) for k, v in shipped["state_dict"].items())  # ...not the raw weights
+
+
+def test_held_out_split_is_never_trained_on_and_is_recorded(data, tmp_path, capsys):
+    from drsan_kit.core.holdout import split_holdout
+
+    train_files, held = split_holdout(data, 1)
+    assert len(held) == 1 and held[0] not in train_files and len(train_files) == 3
+    assert split_holdout(data, 1)[1] == held   # fixed: the same call gives the same split
+    train_main(_args(data, tmp_path / "run", 2, val_split=1, val_every=2))
+    out = capsys.readouterr().out
+    # 3 of the 4 images are left for training (the tiny one is too small either way)
+    assert "validation: 1 held-out images" in out
+    meta = read_checkpoint(tmp_path / "run" / "model.pt")["meta"]
+    assert meta["validation"]["set"] == "holdout:1"
+    assert meta["validation"]["files"] == [held[0].relative_to(data).as_posix()]
+    assert meta["validation"]["psnr_y"] > 0
+    with pytest.raises(SystemExit, match="--val-split"):
+        train_main(_args(data, tmp_path / "bad", 1, val_split=9))
