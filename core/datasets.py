@@ -5,9 +5,13 @@
 
 When an LR folder is missing, LR is made from the mod-cropped HR with the kit's
 MATLAB-compatible bicubic, so any folder of HR images works as a test set.
+
+The sets are not part of the repository: tools take --data DIR or the
+DRSAN_BENCHMARKS environment variable (benchmark_root).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +19,16 @@ import numpy as np
 
 from drsan_kit.core.images import list_images, load_image, to_uint8
 from drsan_kit.core.imresize import imresize
+
+
+BENCHMARKS_ENV = "DRSAN_BENCHMARKS"
+EXPECTED_LAYOUT = ("Set5, Set14 and B100 as SET/HR/*.png with optional SET/LR_bicubic/X<s>/*.png "
+                   "(usually obtained from the SR benchmark package that the DRSAN authors and EDSR publish "
+                   "with their test code)")
+
+
+class BenchmarkDataError(ValueError):
+    """The benchmark folder is not given, missing, or holds no set."""
 
 
 @dataclass
@@ -52,3 +66,22 @@ def find_sets(data_dir) -> list[Path]:
     order = {"Set5": 0, "Set14": 1, "B100": 2, "BSD100": 2, "Urban100": 3, "Manga109": 4}
     sets = [p for p in data_dir.iterdir() if (p / "HR").is_dir()]
     return sorted(sets, key=lambda p: (order.get(p.name, 99), p.name))
+
+
+def benchmark_root(data=None) -> Path:
+    """The folder of benchmark sets: `data` if given, else $DRSAN_BENCHMARKS.
+
+    There is deliberately no default: the sets live outside the repository, and a
+    silent fallback would evaluate whatever happens to sit at that path.
+    """
+    chosen = data or os.environ.get(BENCHMARKS_ENV)
+    if not chosen:
+        raise BenchmarkDataError(f"no benchmark folder: pass --data DIR or set {BENCHMARKS_ENV}; "
+                                 f"expected {EXPECTED_LAYOUT}")
+    path = Path(chosen)
+    if not path.is_dir():
+        raise BenchmarkDataError(f"benchmark folder {path} not found; expected {EXPECTED_LAYOUT}")
+    if not find_sets(path):
+        raise BenchmarkDataError(f"no benchmark set (a folder with HR/ inside) under {path}; "
+                                 f"expected {EXPECTED_LAYOUT}")
+    return path

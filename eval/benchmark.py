@@ -2,8 +2,8 @@
 
     python eval/benchmark.py --variant 32s --scale 4 [--weights W] [--data DIR] [--json]
 
-DIR holds sets in the usual layout (SET/HR, SET/LR_bicubic/X<s>); LR missing from
-a set is made with the kit's MATLAB-compatible bicubic. Protocol (FACTS.md): clip
+DIR (or $DRSAN_BENCHMARKS) holds sets in the usual layout (SET/HR, SET/LR_bicubic/X<s>);
+LR missing from a set is made with the kit's MATLAB-compatible bicubic. Protocol (docs/model.md): clip
 and round to 8 bit, Y of BT.601, shave `scale` pixels, mean PSNR per set.
 """
 from __future__ import annotations
@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from drsan_kit.core.datasets import Pair, find_sets, load_pairs
+from drsan_kit.core.datasets import BENCHMARKS_ENV, BenchmarkDataError, Pair, benchmark_root, find_sets, load_pairs
 from drsan_kit.core.imresize import imresize
 from drsan_kit.core.metrics import CONVENTIONS, psnr_y, ssim_y
 from drsan_kit.core.variants import PAPER_RESULTS, SCALES, VARIANTS
+from drsan_kit.eval import provenance
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = REPO.parent / "shared" / "benchmarks"
+DATA_HELP = f"folder of benchmark sets, SET/HR/*.png (default: ${BENCHMARKS_ENV})"
 
 
 def score(sr: np.ndarray, pair: Pair, scale: int, convention: str) -> tuple[float, float]:
@@ -36,13 +36,12 @@ def bicubic_floor(pairs: list[Pair], scale: int) -> tuple[float, float]:
 
 
 def data_dir_or_exit(data) -> Path:
-    path = Path(data) if data else DEFAULT_DATA
-    if not path.is_dir():
-        sys.exit(f"error: benchmark folder {path} not found; pass --data DIR (sets with HR/ inside)")
-    sets = find_sets(path)
-    if not sets:
-        sys.exit(f"error: no benchmark set (a folder with HR/ inside) under {path}")
-    return path
+    """benchmark_root for a CLI's main: a one-line error and exit status 2 instead of a traceback."""
+    try:
+        return benchmark_root(data)
+    except BenchmarkDataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def parse_args(argv=None):
@@ -50,7 +49,7 @@ def parse_args(argv=None):
     ap.add_argument("--variant", default="32s", choices=list(VARIANTS), help="model variant (default 32s)")
     ap.add_argument("--scale", type=int, default=4, choices=SCALES, help="upscaling factor (default 4)")
     ap.add_argument("--weights", default=None, help="checkpoint (default: the shipped weights/drsan_<variant>_x<scale>.pt)")
-    ap.add_argument("--data", default=None, help=f"folder of sets (default {DEFAULT_DATA})")
+    ap.add_argument("--data", default=None, help=DATA_HELP)
     ap.add_argument("--tile", type=int, default=0, help="run in tiles of this many LR pixels (0: whole image, as the paper)")
     ap.add_argument("--convention", choices=CONVENTIONS, default="authors",
                     help="Y convention: authors (float Y, the paper's DRSAN numbers) or matlab (rounded Y)")
@@ -72,7 +71,8 @@ def main(argv=None):
         sys.exit(f"error: {exc}")
     tiler = Tiler(args.scale, (args.tile, args.tile) if args.tile else None)
     paper = PAPER_RESULTS.get((args.variant, args.scale), {})
-    report = {"variant": args.variant, "scale": args.scale, "weights": str(backend.weights),
+    report = {"provenance": provenance.header(), "variant": args.variant, "scale": args.scale,
+              "weights": provenance.relative(backend.weights), "data": provenance.relative(data),
               "convention": args.convention, "tile": args.tile or None, "device": backend.name, "sets": {}}
     for set_dir in find_sets(data):
         pairs = load_pairs(set_dir, args.scale)
@@ -92,8 +92,9 @@ def main(argv=None):
 
 
 def format_table(report: dict) -> str:
-    lines = [f"DRSAN-{report['variant']} x{report['scale']}  weights={report['weights']}  "
-             f"Y convention={report['convention']}  device={report['device']}",
+    lines = [provenance.text(report["provenance"]),
+             f"DRSAN-{report['variant']} x{report['scale']}  weights={report['weights']}  "
+             f"data={report['data']}  Y convention={report['convention']}  device={report['device']}",
              f"{'set':<8} {'images':>6}  {'PSNR':>7} {'SSIM':>7}   {'paper':>15}   {'bicubic (matlab Y)':>18}"]
     for name, e in report["sets"].items():
         paper = f"{e['paper']['psnr']:.2f} / {e['paper']['ssim']:.4f}" if "paper" in e else "-"

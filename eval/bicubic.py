@@ -12,12 +12,12 @@ from drsan_kit.core.datasets import find_sets, load_pairs
 from drsan_kit.core.imresize import imresize
 from drsan_kit.core.metrics import psnr_y, ssim_y
 from drsan_kit.core.variants import BICUBIC_PUBLISHED, SCALES
-from drsan_kit.eval.benchmark import data_dir_or_exit
+from drsan_kit.eval.benchmark import DATA_HELP, data_dir_or_exit
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Reproduce the published bicubic PSNR/SSIM with the kit's protocol.")
-    ap.add_argument("--data", default=None, help="folder of benchmark sets (default ../shared/benchmarks)")
+    ap.add_argument("--data", default=None, help=DATA_HELP)
     args = ap.parse_args(argv)
     data = data_dir_or_exit(args.data)
     print("| set | scale | MATLAB Y (PSNR / SSIM) | authors' Y | published |")

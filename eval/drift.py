@@ -31,7 +31,8 @@ from drsan_kit.core.metrics import CONVENTIONS, psnr, psnr_y, rgb_to_y, ssim_y
 from drsan_kit.core.variants import SCALES, VARIANTS
 from drsan_kit.edge_runtime.manifest import read_manifest
 from drsan_kit.edge_runtime.upscaler import Upscaler
-from drsan_kit.eval.benchmark import data_dir_or_exit
+from drsan_kit.eval import provenance
+from drsan_kit.eval.benchmark import DATA_HELP, data_dir_or_exit
 
 KINDS = {".onnx": "onnx", ".tflite": "tflite", ".mlpackage": "coreml"}
 
@@ -167,7 +168,7 @@ def parse_args(argv=None):
     ap.add_argument("--scale", type=int, default=4, choices=SCALES, help="upscaling factor (default 4)")
     ap.add_argument("--weights", default=None, help="reference checkpoint (default: the shipped one)")
     ap.add_argument("--artifacts", type=Path, required=True, help="folder of artifacts (with manifest.json)")
-    ap.add_argument("--data", default=None, help="folder of benchmark sets (default ../shared/benchmarks)")
+    ap.add_argument("--data", default=None, help=DATA_HELP)
     ap.add_argument("--sets", default=None, help="comma-separated subset of sets, e.g. Set5,Set14")
     ap.add_argument("--tile", type=lambda t: tuple(int(v) for v in t.split("x")), default=None,
                     help="window HxW for dynamic-shape artifacts (default: whole image)")
@@ -254,13 +255,15 @@ def build_report(args, ups, sets, reference) -> dict:
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# Drift report: DRSAN-{report['variant']} x{report['scale']}", "",
-             f"Reference: {report['reference']['model']} on {report['reference']['device']}; "
-             f"Y convention {report['convention']}; tile margin {report['margin']} px; machine {report['machine']}.",
-             "dPSNR = artifact - reference (whole frame); tiling = reference tiled like the artifact - whole frame; "
-             "quant = artifact - reference tiled the same way. Fidelity: PSNR (RGB, 8-bit) of the artifact's output "
-             "against the whole-frame reference, and against the reference tiled the same way (quant fidelity); "
-             "max abs: the largest difference in levels from the whole-frame reference.", ""]
+    lines = [f"# Drift report: DRSAN-{report['variant']} x{report['scale']}", ""]
+    if "provenance" in report:
+        lines.append(provenance.markdown(report["provenance"]))
+    lines += [f"Reference: {report['reference']['model']} on {report['reference']['device']}; "
+              f"Y convention {report['convention']}; tile margin {report['margin']} px; machine {report['machine']}.",
+              "dPSNR = artifact - reference (whole frame); tiling = reference tiled like the artifact - whole frame; "
+              "quant = artifact - reference tiled the same way. Fidelity: PSNR (RGB, 8-bit) of the artifact's output "
+              "against the whole-frame reference, and against the reference tiled the same way (quant fidelity); "
+              "max abs: the largest difference in levels from the whole-frame reference.", ""]
     sets = list(report["artifacts"][0]["sets"]) if report["artifacts"] else []
     for s in sets:
         lines += [f"## {s}", "",
@@ -289,6 +292,7 @@ def write_reports(out: Path, report: dict, heat: dict):
 
     from drsan_kit.core.atomic import atomic_path
 
+    report.setdefault("provenance", provenance.header())
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "drift.json") as tmp:
         tmp.write_text(json.dumps(report, indent=2))

@@ -32,6 +32,8 @@ import numpy as np
 from drsan_kit.converters import common
 from drsan_kit.converters.export import PRELU_FORMS
 from drsan_kit.converters.to_tflite import build_saved_model, make_converter, quiet
+from drsan_kit.eval import provenance
+from drsan_kit.eval.benchmark import DATA_HELP, data_dir_or_exit
 
 
 def parse_args(argv=None):
@@ -47,7 +49,7 @@ def parse_args(argv=None):
     ap.add_argument("--debug-count", type=int, default=8, help="crops the debugger compares layers on (default 8)")
     ap.add_argument("--float-top", default="0,1,3,5",
                     help="numbers of worst layers to keep in float, one model each (default 0,1,3,5)")
-    ap.add_argument("--data", default=None, help="benchmark sets folder (default ../shared/benchmarks)")
+    ap.add_argument("--data", default=None, help=DATA_HELP)
     ap.add_argument("--sets", default="Set5", help="sets for dPSNR against HR, comma-separated ('' for none)")
     ap.add_argument("--prelu", choices=PRELU_FORMS, default="sub",
                     help="how integer models spell PReLU (default sub, as the converter; see converters/export.py)")
@@ -105,17 +107,16 @@ def evaluate(blob: bytes, path: Path, crops, reference, pairs, args) -> dict:
             "size_mb": round(len(blob) / 1e6, 3), "ms_per_window": round(float(np.median(times)), 2)}
 
 
-def reference_pairs(args, model):
-    """(pair, FP32 whole-frame PSNR) for each image of --sets."""
+def reference_pairs(args, data, model):
+    """(pair, FP32 whole-frame PSNR) for each image of --sets under data."""
     if not args.sets:
         return [], []
     from drsan_kit.core.datasets import find_sets, load_pairs
     from drsan_kit.core.metrics import psnr_y
     from drsan_kit.edge_runtime.backends.torch import TorchBackend
     from drsan_kit.edge_runtime.upscaler import Upscaler
-    from drsan_kit.eval.benchmark import data_dir_or_exit
 
-    sets = [s for s in find_sets(data_dir_or_exit(args.data)) if s.name in args.sets.split(",")]
+    sets = [s for s in find_sets(data) if s.name in args.sets.split(",")]
     whole = Upscaler(TorchBackend(model=model))
     pairs = [p for s in sets for p in load_pairs(s, args.scale)]
     return [(p, psnr_y(whole.frame(p.lr, out_dtype=np.uint8), p.hr, args.scale, gray=p.gray)) for p in pairs], \
@@ -125,6 +126,7 @@ def reference_pairs(args, model):
 def main(argv=None) -> int:
     args = parse_args(argv)
     tops = sorted({int(v) for v in args.float_top.split(",") if v.strip()})
+    data = data_dir_or_exit(args.data) if args.sets else None
     model, _, weights = common.load_reference(args)
     images, desc = common.sample_images(args.calib)
     candidates = common.random_crops(images, args.tile, args.calib_count, seed=common.CALIB_SEED)
@@ -133,7 +135,7 @@ def main(argv=None) -> int:
     check_images, _ = common.sample_images()
     crops = common.random_crops(check_images, args.tile, args.check_images, seed=common.CHECK_SEED)
     reference = common.reference_outputs(model, crops)
-    pairs, set_names = reference_pairs(args, model)
+    pairs, set_names = reference_pairs(args, data, model)
     out = common.prepare_out(args.out)
     print(f"int8 sensitivity of DRSAN-{args.variant} x{args.scale} ({weights}), tile {args.tile[0]}x{args.tile[1]}")
     with tempfile.TemporaryDirectory(prefix="drsan-sens-") as tmp:
@@ -157,7 +159,8 @@ def main(argv=None) -> int:
             variants.append(res)
             print(f"  {k} worst layer(s) in float: fidelity {res['fidelity_psnr']} dB, dPSNR {res['dpsnr']}, "
                   f"{res['ms_per_window']} ms/window")
-    report = {"variant": args.variant, "scale": args.scale, "weights": str(weights), "tile": list(args.tile),
+    report = {"provenance": provenance.header(), "variant": args.variant, "scale": args.scale,
+              "weights": provenance.relative(weights), "tile": list(args.tile),
               "prelu": args.prelu,
               "calibration": f"{desc} ({args.calib_count} crops)", "debug_crops": args.debug_count,
               "sets": set_names, "layers": layers, "selective": variants}
@@ -202,13 +205,15 @@ def chart(report: dict, path: Path):
 
 def markdown(report: dict) -> str:
     ranked = sorted(report["layers"], key=lambda r: -r["rmse_steps"])
-    lines = [f"# int8 sensitivity: DRSAN-{report['variant']} x{report['scale']}", "",
-             f"Weights `{report['weights']}`; PReLU spelled `{report['prelu']}` (converters/export.py); analysis tile {report['tile'][0]}x{report['tile'][1]}; "
-             f"calibration {report['calibration']}; layer errors from TFLite's QuantizationDebugger on "
-             f"{report['debug_crops']} crops (each op given the same input in float and int8). "
-             "Error in units of the tensor's quantization step; pure rounding gives RMSE 0.29.", "",
-             "## Worst layers", "", "| # | op | tensor | RMSE (steps) | mean error (steps) | max abs (steps) |",
-             "|---|---|---|---|---|---|"]
+    lines = [f"# int8 sensitivity: DRSAN-{report['variant']} x{report['scale']}", ""]
+    if "provenance" in report:
+        lines.append(provenance.markdown(report["provenance"]))
+    lines += [f"Weights `{report['weights']}`; PReLU spelled `{report['prelu']}` (converters/export.py); analysis tile {report['tile'][0]}x{report['tile'][1]}; "
+              f"calibration {report['calibration']}; layer errors from TFLite's QuantizationDebugger on "
+              f"{report['debug_crops']} crops (each op given the same input in float and int8). "
+              "Error in units of the tensor's quantization step; pure rounding gives RMSE 0.29.", "",
+              "## Worst layers", "", "| # | op | tensor | RMSE (steps) | mean error (steps) | max abs (steps) |",
+              "|---|---|---|---|---|---|"]
     for r in ranked[:12]:
         lines.append(f"| {r['index']} | {r['op']} | `{r['tensor'][-48:]}` | {r['rmse_steps']:.2f} | "
                      f"{r['mean_error_steps']:+.2f} | {r['max_abs_steps']:.1f} |")

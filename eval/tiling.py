@@ -24,7 +24,8 @@ from drsan_kit.core.variants import SCALES, VARIANTS
 from drsan_kit.edge_runtime.backends import open_backend
 from drsan_kit.edge_runtime.upscaler import COEFF_MODES, Upscaler
 from drsan_kit.edge_runtime.bench import test_frame
-from drsan_kit.eval.benchmark import data_dir_or_exit
+from drsan_kit.eval import provenance
+from drsan_kit.eval.benchmark import DATA_HELP, data_dir_or_exit
 
 
 def parse_tiles(text: str):
@@ -40,7 +41,7 @@ def main(argv=None):
     ap.add_argument("--variant", default="32s", choices=list(VARIANTS))
     ap.add_argument("--scale", type=int, default=4, choices=SCALES)
     ap.add_argument("--weights", default=None, help="checkpoint (default: shipped)")
-    ap.add_argument("--data", default=None, help="benchmark sets folder (default ../shared/benchmarks)")
+    ap.add_argument("--data", default=None, help=DATA_HELP)
     ap.add_argument("--sets", default="Set5,Set14,B100")
     ap.add_argument("--tiles", type=parse_tiles, default=parse_tiles("48,96,192x336"))
     ap.add_argument("--margin", type=int, default=8)
@@ -80,7 +81,8 @@ def main(argv=None):
     summary = {s: {k: {"dpsnr": float(np.mean(v["dpsnr"])) if v["dpsnr"] else None,
                        "fidelity_psnr": float(np.mean(v["fidelity"])), "images": len(v["fidelity"])}
                    for k, v in d.items()} for s, d in results.items()}
-    report = {"variant": args.variant, "scale": args.scale, "margin": args.margin, "padded": args.pad, "sets": summary,
+    report = {"provenance": provenance.header(), "variant": args.variant, "scale": args.scale,
+              "weights": provenance.relative(backend.weights), "margin": args.margin, "padded": args.pad, "sets": summary,
               "seconds_per_720p_frame": {k: float(np.median(v)) for k, v in timing.items()}}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "tiling.json").write_text(json.dumps(report, indent=2))
@@ -92,10 +94,12 @@ def main(argv=None):
 def markdown(report: dict) -> str:
     pad = "padded up to the tile" if report.get("padded") else "run at their own size"
     lines = [f"# Tiling drift: DRSAN-{report['variant']} x{report['scale']} (PyTorch, margin {report['margin']} px, "
-             f"images smaller than the tile {pad})", "",
-             "dPSNR: tiled - whole frame, PSNR-Y vs HR (dB). Fidelity: PSNR (RGB, 8-bit) of tiled vs whole-frame "
-             "output. r source: tile = each window its own DRA coefficients; frame = the whole frame's (exact); "
-             "downscaled = from the frame at half size.", ""]
+             f"images smaller than the tile {pad})", ""]
+    if "provenance" in report:
+        lines.append(provenance.markdown(report["provenance"]))
+    lines += ["dPSNR: tiled - whole frame, PSNR-Y vs HR (dB). Fidelity: PSNR (RGB, 8-bit) of tiled vs whole-frame "
+              "output. r source: tile = each window its own DRA coefficients; frame = the whole frame's (exact); "
+              "downscaled = from the frame at half size.", ""]
     sets = list(report["sets"])
     lines.append("| tile | r source | " + " | ".join(f"{s} dPSNR / fidelity" for s in sets) + " | s per 720p frame |")
     lines.append("|---" * (len(sets) + 3) + "|")

@@ -1,17 +1,27 @@
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared"
-BENCH = SHARED / "benchmarks"
+
+
+def find_benchmarks() -> Path | None:
+    """$DRSAN_BENCHMARKS, else a benchmarks/ folder beside the repository's parent (../shared/benchmarks)."""
+    env = os.environ.get("DRSAN_BENCHMARKS")
+    for path in ([Path(env)] if env else []) + [REPO.parent / "shared" / "benchmarks"]:
+        if (path / "Set5" / "HR").is_dir():
+            return path
+    return None
 
 
 @pytest.fixture
 def bench_dir():
-    if not (BENCH / "Set5" / "HR").is_dir():
-        pytest.skip("../shared/benchmarks not present")
-    return BENCH
+    path = find_benchmarks()
+    if path is None:
+        pytest.skip("needs the benchmark sets (Set5/HR, ...): set DRSAN_BENCHMARKS=DIR or place them in "
+                    "../shared/benchmarks")
+    return path
 
 
 SHIPPED_X4 = REPO / "weights" / "drsan_32s_x4.pt"
