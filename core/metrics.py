@@ -1,6 +1,6 @@
 """The one metrics module: the SR evaluation protocol with its choices as arguments.
 
-Protocol (FACTS.md): clip and round the output to 8 bit, take Y of BT.601, shave
+Protocol (docs/model.md): clip and round the output to 8 bit, take Y of BT.601, shave
 `shave` (= scale) pixels per border, PSNR on [0, 255]; SSIM by the SR convention
 (Gaussian 11x11 window, sigma 1.5, on Y in [0, 255]) from scikit-image.
 

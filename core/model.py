@@ -1,4 +1,4 @@
-"""DRSAN as its authors implemented it (see FACTS.md), one definition for all variants.
+"""DRSAN as its authors implemented it (see docs/model.md), one definition for all variants.
 
 `build_model("32s", scale=4)` builds any variant from the registry in core/variants.py.
 The DRA coefficients stay reachable: `DRAG.coefficients(x)` returns the per-image

@@ -1,4 +1,4 @@
-"""Train DRSAN with the paper's recipe (FACTS.md), resumable, on CPU, CUDA or several GPUs.
+"""Train DRSAN with the paper's recipe (docs/model.md), resumable, on CPU, CUDA or several GPUs.
 
     python core/train.py --variant 32s --scale 4 --data ../shared/train --out runs/32s_x4 --iters 20000
 

@@ -34,7 +34,7 @@ VARIANTS = {
     )
 }
 
-# FACTS.md: exact parameter counts of the authors' implementation.
+# Exact parameter counts of the authors' implementation (docs/model.md; the paper rounds them).
 PAPER_PARAMS = {
     "32s": {2: 368_427, 3: 414_667, 4: 405_419},
     "32m": {2: 688_851, 3: 735_091, 4: 725_843},

@@ -1,5 +1,8 @@
 """Parameter counts and Multi-Adds of all 15 DRSAN models beside the paper's (Markdown table).
 
+"expected" is the exact count the authors' structure implies (docs/model.md); the
+paper's Multi-Adds are its Table II values for a 1280x720 output.
+
     python eval/model_stats.py [--height 720 --width 1280]
 """
 from __future__ import annotations
@@ -15,7 +18,7 @@ def main(argv=None):
     ap.add_argument("--height", type=int, default=720, help="HR output height for Multi-Adds (default 720)")
     ap.add_argument("--width", type=int, default=1280, help="HR output width for Multi-Adds (default 1280)")
     args = ap.parse_args(argv)
-    print(f"| variant | scale | parameters | FACTS.md | Multi-Adds ({args.width}x{args.height} output) | paper | diff |")
+    print(f"| variant | scale | parameters | expected | Multi-Adds ({args.width}x{args.height} output) | paper | diff |")
     print("|---|---|---|---|---|---|---|")
     for v in VARIANTS:
         for s in SCALES:
