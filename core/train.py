@@ -39,6 +39,7 @@ from drsan_kit.core.images import ImageError, list_images, load_rgb_uint8
 from drsan_kit.core.imresize import imresize
 from drsan_kit.core.metrics import psnr_y
 from drsan_kit.core.model import build_model
+from drsan_kit.core import qat
 from drsan_kit.core.variants import SCALES, VARIANTS
 
 
@@ -253,6 +254,13 @@ def parse_args(argv=None):
     ap.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                     help="keep an exponential moving average of the weights with this decay (e.g. 0.999) and "
                          "validate and write model.pt from it; last.pt keeps both (0: off, the default)")
+    ap.add_argument("--qat", action="store_true",
+                    help="quantization-aware fine-tuning: train through a simulation of the int8 TFLite graph "
+                         "(core/qat.py; fp32, start from a float checkpoint with --init-from); model.pt then "
+                         "carries the int8 ranges for converters/to_tflite.py --qat")
+    ap.add_argument("--qat-freeze", type=int, default=None, metavar="ITER",
+                    help="with --qat: stop tracking the int8 ranges at this iteration and fine-tune the weights "
+                         "to the frozen ranges for the rest of the run")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     ap.add_argument("--init-from", default=None, help="checkpoint of another scale to start the body from")
     ap.add_argument("--save-every", type=int, default=250, help="write last.pt every N iterations")
@@ -319,9 +327,19 @@ def main(argv=None):
     layout = memory_format(args, device)
     model.to(device, memory_format=layout).train()
     net = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
+    if args.qat and args.ema:
+        raise SystemExit("error: --qat and --ema cannot be combined")
     ema = ema_of(model, args.ema, ema_saved) if args.ema else None
     # what validation measures and model.pt ships: the average when there is one
     shipped = ema.module if ema is not None else model
+    scored = shipped
+    if args.qat:
+        # the int8 simulation shares the model's parameters; validation scores what int8 will compute
+        scored = qat.prepare(model)
+        if resume.is_file() and "qat" in ts:
+            qat.load_range_state(scored, ts["qat"])
+        net = torch.nn.parallel.DistributedDataParallel(scored) if ddp else scored
+        args.amp = "off"   # rounding to int8 steps needs fp32 arithmetic
     amp = autocast_dtype(args, device)
     loss_fn = LOSSES[args.loss]
     if rank != 0:
@@ -347,7 +365,13 @@ def main(argv=None):
             "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
             "machine": f"{platform.machine()} {os.cpu_count()} cores", "init_from": args.init_from,
             "command": "python core/train.py " + " ".join(sys.argv[1:]) if argv is None else "main(" + repr(argv) + ")",
-        }, "validation": val_info | {"psnr_y": state["best_val"], "convention": "authors"}}
+        }, "validation": val_info | {"psnr_y": state["best_val"], "convention": "authors"},
+            **({"qat": qat_meta()} if args.qat else {})}
+
+    def qat_meta():
+        return {"ranges": qat.ranges(scored), "iterations": state["iteration"], "init_from": args.init_from,
+                "ranges_frozen_at": args.qat_freeze, "graph": "int8 TFLite, PReLU spelled sub",
+                "validation": "int8 simulation"}
 
     def save_all():
         if rank != 0:
@@ -355,7 +379,8 @@ def main(argv=None):
         save_checkpoint(resume, model, meta(), train_state={
             "optimizer": opt.state_dict(), "state": state, "torch_rng": torch.get_rng_state(),
             "python_rng": random.getstate(), "args": vars(args),
-            **({"ema": {k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}} if ema else {})})
+            **({"ema": {k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}} if ema else {}),
+            **({"qat": qat.range_state(scored)} if args.qat else {})})
 
     log_path = out / "log.csv"
     new_log = not log_path.exists()
@@ -377,6 +402,8 @@ def main(argv=None):
             lr_now = learning_rate(args, it, state["seconds"] + time.time() - t0)
             for g in opt.param_groups:
                 g["lr"] = lr_now
+            if args.qat and it == args.qat_freeze:
+                qat.freeze_ranges(scored)
             lr_b, hr_b = (t.to(device, non_blocking=True).float().div_(255.0) for t in next(feed))
             loss = train_step(net, opt, loss_fn, lr_b.contiguous(memory_format=layout), hr_b, amp)
             if ema is not None:
@@ -395,7 +422,7 @@ def main(argv=None):
                         else None)
             last = done in (args.iters, stop_at) or stop_why is not None
             if val_pairs and (done % args.val_every == 0 or last):
-                val = validate(shipped, val_pairs, args.scale, device)
+                val = validate(scored, val_pairs, args.scale, device)
                 if state["best_val"] is None or val > state["best_val"]:
                     state["best_val"] = val
                 log(f"\niteration {done}: validation PSNR(Y) {val:.3f} dB (best {state['best_val']:.3f})")

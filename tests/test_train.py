@@ -197,3 +197,23 @@ def test_held_out_split_is_never_trained_on_and_is_recorded(data, tmp_path, caps
     assert meta["validation"]["psnr_y"] > 0
     with pytest.raises(SystemExit, match="--val-split"):
         train_main(_args(data, tmp_path / "bad", 1, val_split=9))
+
+
+def test_qat_fine_tuning_resumes_exactly_and_ships_ranges(data, tmp_path, capsys):
+    train_main(_args(data, tmp_path / "float", 2))
+    qat_args = dict(init_from=tmp_path / "float" / "model.pt", qat="", qat_freeze=3, val_split=1, val_every=2)
+    train_main([a for a in _args(data, tmp_path / "straight", 4, **qat_args) if a != ""])
+    train_main([a for a in _args(data, tmp_path / "resumed", 4, stop_at=2, **qat_args) if a != ""])
+    train_main([a for a in _args(data, tmp_path / "resumed", 4, **qat_args) if a != ""])
+    a = read_checkpoint(tmp_path / "straight" / "last.pt")
+    b = read_checkpoint(tmp_path / "resumed" / "last.pt")
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    assert all(torch.equal(a["train_state"]["qat"][k], b["train_state"]["qat"][k]) for k in a["train_state"]["qat"])
+    shipped = read_checkpoint(tmp_path / "resumed" / "model.pt")
+    ranges = shipped["meta"]["qat"]["ranges"]
+    assert len(ranges) > 100 and all(lo <= hi for lo, hi in ranges.values())
+    assert shipped["meta"]["qat"]["iterations"] == 4
+    # ranges stopped moving at the freeze: they are those of iteration 3 in both runs
+    assert shipped["meta"]["qat"]["ranges_frozen_at"] == 3
+    # the shipped weights are a plain DRSAN that every loader reads
+    load_checkpoint(tmp_path / "resumed" / "model.pt", "32s", 2)

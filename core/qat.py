@@ -1,0 +1,256 @@
+"""Quantization-aware fine-tuning: the full-integer TFLite graph simulated in PyTorch.
+
+`prepare(model)` traces a DRSAN with torch.fx and returns a module that computes what
+the int8 TFLite artifact computes (converters/to_tflite.py, PReLU spelled "sub"):
+
+- every convolution's weights are rounded per output channel to int8, symmetric, with
+  the scale max|w| / 127 that the TFLite converter derives from the same weights;
+- every tensor the int8 graph stores is rounded to int8 with a per-tensor affine
+  range: the input, each convolution output (after its ReLU where TFLite fuses one),
+  each PReLU's parts (relu(x), x - relu(x), slope * that, their sum), the DRA products
+  and sums, the global-average-pooled coefficients, the concatenation, the global
+  residual sum; the sigmoid gate has TFLite's fixed range [0, 1) in steps of 1/256;
+- reshapes, slices, depth-to-space and the output's min(., 1) keep their input's
+  range, as they do in TFLite.
+
+Ranges are tracked: an exponential moving average of each tensor's batch min/max
+while the model trains, frozen with `freeze_ranges` for the last part of fine-tuning.
+Gradients pass the rounding straight through (torch's fake-quantize ops).
+The returned module shares the model's parameters: the optimizer, checkpoints and
+every loader keep seeing a plain DRSAN; the ranges travel in the checkpoint's
+metadata (`ranges()` / `load_ranges()`), and converters/to_tflite.py --qat writes
+them into the int8 artifact instead of calibrating.
+"""
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch import nn
+
+QMIN, QMAX = -128, 127
+W_QMAX = 127
+SIGMOID_SCALE, SIGMOID_ZERO_POINT = 1.0 / 256.0, -128   # TFLite's fixed int8 LOGISTIC output
+
+
+def quantize_weight(w: torch.Tensor) -> torch.Tensor:
+    """Per-output-channel symmetric int8 rounding of a conv weight, as the TFLite converter does it."""
+    scale = (w.detach().abs().amax(dim=tuple(range(1, w.dim()))) / W_QMAX).clamp(min=1e-12).float()
+    zero = torch.zeros(w.shape[0], dtype=torch.int32, device=w.device)
+    return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -W_QMAX, W_QMAX)
+
+
+def qparams(lo: float, hi: float) -> tuple[float, int]:
+    """int8 scale and zero point of a range, nudged so that 0 is exact (TFLite's rule)."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = max((hi - lo) / (QMAX - QMIN), 1e-8)
+    zero = int(min(QMAX, max(QMIN, round(QMIN - lo / scale))))
+    return scale, zero
+
+
+class ActQuant(nn.Module):
+    """One int8 activation tensor: tracks its range while training, rounds to it.
+
+    Modes: "quantize" (the default), "record" (float pass-through that records the
+    global min/max of what it sees: converters use it to find this tensor in the
+    TFLite graph), "off" (float pass-through).
+    """
+
+    def __init__(self, momentum: float = 0.01):
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("lo", torch.zeros(()))
+        self.register_buffer("hi", torch.zeros(()))
+        self.register_buffer("seen", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("frozen", torch.zeros((), dtype=torch.bool))
+        self.mode = "quantize"
+        self.record = None
+
+    def forward(self, x):
+        if self.mode == "off":
+            return x
+        if self.mode == "record":
+            lo, hi = float(x.detach().amin()), float(x.detach().amax())
+            self.record = (lo, hi) if self.record is None else (min(lo, self.record[0]), max(hi, self.record[1]))
+            return x
+        if self.training and not bool(self.frozen):
+            self._track(x.detach())
+        scale, zero = qparams(float(self.lo), float(self.hi))
+        return torch.fake_quantize_per_tensor_affine(x, scale, zero, QMIN, QMAX)
+
+    @torch.no_grad()
+    def _track(self, x):
+        lo, hi = x.amin().float(), x.amax().float()
+        if not bool(self.seen):
+            self.lo.copy_(lo)
+            self.hi.copy_(hi)
+            self.seen.fill_(True)
+        else:
+            self.lo.lerp_(lo, self.momentum)
+            self.hi.lerp_(hi, self.momentum)
+
+
+class SigmoidQuant(nn.Module):
+    """The sigmoid gate's output on TFLite's fixed int8 grid."""
+
+    def forward(self, x):
+        return torch.fake_quantize_per_tensor_affine(x, SIGMOID_SCALE, SIGMOID_ZERO_POINT, QMIN, QMAX)
+
+
+class QuantConv(nn.Module):
+    """A conv with int8 weights; it holds the model's own conv, so the parameters stay shared."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x):
+        c = self.conv
+        return F.conv2d(x, quantize_weight(c.weight), c.bias, c.stride, c.padding, c.dilation, c.groups)
+
+
+class QuantPReLU(nn.Module):
+    """PReLU as the int8 export spells it: relu(x) + a * (x - relu(x)), each part an int8 tensor.
+
+    The slopes sit in a depthwise conv there, one weight per channel, which int8 per-channel
+    rounding represents exactly; so only the activations are rounded here.
+    """
+
+    def __init__(self, prelu: nn.PReLU):
+        super().__init__()
+        self.prelu = prelu
+        self.q_pos, self.q_diff, self.q_neg, self.q_out = ActQuant(), ActQuant(), ActQuant(), ActQuant()
+
+    def forward(self, x):
+        pos = self.q_pos(torch.relu(x))
+        neg = self.q_neg(self.q_diff(x - pos) * self.prelu.weight.view(1, -1, 1, 1))
+        return self.q_out(pos + neg)
+
+
+# ops whose int8 output gets a range of its own; everything else (views, slices,
+# depth-to-space, min) keeps its input's, as TFLite requires for those ops
+_RANGED_FUNCTIONS = {operator.add, operator.sub, operator.mul, torch.add, torch.sub, torch.mul, torch.cat,
+                     torch.relu, F.relu}
+_RANGED_METHODS = {"mean", "relu", "add", "sub", "mul"}
+_RELUS = {torch.relu, F.relu, "relu"}
+
+
+def _is_relu(node: torch.fx.Node) -> bool:
+    return node.op in ("call_function", "call_method") and node.target in _RELUS
+
+
+def _output_kind(node: torch.fx.Node, modules: dict) -> str | None:
+    """'act', 'sigmoid' or None: how the int8 graph stores this node's output."""
+    if node.op == "placeholder":   # the image; not the optional DRA coefficients
+        return "act" if node.target == "x" else None
+    if node.op == "call_module":
+        mod = modules[node.target]
+        if isinstance(mod, QuantConv):
+            # TFLite fuses a following ReLU into the conv: then only the ReLU's output is stored
+            return None if node.users and all(_is_relu(u) for u in node.users) else "act"
+        return None   # QuantPReLU ranges its own parts
+    if node.op == "call_function" and node.target is torch.sigmoid:
+        return "sigmoid"
+    if node.op == "call_function" and node.target in _RANGED_FUNCTIONS:
+        return "act"
+    if node.op == "call_method" and node.target in _RANGED_METHODS:
+        return "act"
+    return None
+
+
+def prepare(model) -> torch.fx.GraphModule:
+    """The int8 simulation of `model` (a DRSAN), sharing its parameters; output clamped to [0, 1]."""
+    clamp = model.clamp
+    model.clamp = True   # the deployed graph's relu + min(., 1), traced in
+    try:
+        gm = torch.fx.symbolic_trace(model, concrete_args={"coeffs": None})
+    finally:
+        model.clamp = clamp
+    modules = dict(gm.named_modules())
+    for node in list(gm.graph.nodes):
+        if node.op == "call_module":
+            mod = modules[node.target]
+            wrapped = QuantConv(mod) if isinstance(mod, nn.Conv2d) else (
+                QuantPReLU(mod) if isinstance(mod, nn.PReLU) else None)
+            if wrapped is not None:
+                name = "q_" + node.target.replace(".", "_")
+                gm.add_submodule(name, wrapped)
+                node.target = name
+    modules = dict(gm.named_modules())
+    for i, node in enumerate(list(gm.graph.nodes)):
+        kind = _output_kind(node, modules)
+        if kind is None:
+            continue
+        name = f"aq_{i:03d}_{node.name}"
+        gm.add_submodule(name, ActQuant() if kind == "act" else SigmoidQuant())
+        with gm.graph.inserting_after(node):
+            q = gm.graph.call_module(name, (node,))
+        node.replace_all_uses_with(q, delete_user_cb=lambda user: user is not q)
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+def act_quants(gm: nn.Module) -> dict[str, ActQuant]:
+    return {name: m for name, m in gm.named_modules() if isinstance(m, ActQuant)}
+
+
+def set_mode(gm: nn.Module, mode: str):
+    for m in act_quants(gm).values():
+        m.mode, m.record = mode, None
+
+
+def freeze_ranges(gm: nn.Module):
+    for m in act_quants(gm).values():
+        m.frozen.fill_(True)
+
+
+def ranges(gm: nn.Module) -> dict[str, list[float]]:
+    """Every tracked range, by the tensor's name in the simulation: what checkpoints carry."""
+    return {name: [float(m.lo), float(m.hi)] for name, m in act_quants(gm).items() if bool(m.seen)}
+
+
+def load_ranges(gm: nn.Module, saved: dict[str, list[float]], frozen: bool = True):
+    """Set the ranges from a checkpoint's; a name this graph does not have (other code) is an error."""
+    quants = act_quants(gm)
+    unknown = sorted(set(saved) - set(quants))
+    missing = sorted(set(quants) - set(saved))
+    if unknown or missing:
+        raise ValueError(f"QAT ranges do not fit this model's graph ({len(unknown)} unknown, "
+                         f"{len(missing)} missing, e.g. {(unknown or missing)[0]})")
+    for name, (lo, hi) in saved.items():
+        m = quants[name]
+        m.lo.fill_(lo)
+        m.hi.fill_(hi)
+        m.seen.fill_(True)
+        m.frozen.fill_(frozen)
+
+
+@torch.no_grad()
+def recorded_ranges(gm: nn.Module, inputs) -> dict[str, tuple[float, float]]:
+    """Float min/max of every simulated int8 tensor over `inputs` (N, 3, H, W), without rounding."""
+    was_training = gm.training
+    gm.eval()
+    set_mode(gm, "record")
+    try:
+        for x in inputs:
+            gm(x[None] if x.dim() == 3 else x)
+        return {name: m.record for name, m in act_quants(gm).items()}
+    finally:
+        set_mode(gm, "quantize")
+        gm.train(was_training)
+
+
+def range_state(gm: nn.Module) -> dict[str, torch.Tensor]:
+    """Every range's buffers (tracked or not, frozen or not): what a resume state keeps."""
+    return {f"{name}.{b}": getattr(m, b).detach().clone() for name, m in act_quants(gm).items()
+            for b in ("lo", "hi", "seen", "frozen")}
+
+
+def load_range_state(gm: nn.Module, state: dict[str, torch.Tensor]):
+    quants = act_quants(gm)
+    for key, value in state.items():
+        name, buf = key.rsplit(".", 1)
+        getattr(quants[name], buf).copy_(value)
