@@ -238,8 +238,28 @@ def _fit_mode(pil: Image.Image, fmt: str) -> Image.Image:
     return pil
 
 
-def save_image(path: str | os.PathLike, img: LoadedImage | np.ndarray, quality: int = 95) -> Path:
-    """Write atomically (temporary file + rename). A bare array is taken as RGB [0, 1] float or uint8."""
+class _CountedWrites:
+    """A file that reports the size of each write. It has no fileno(), so Pillow encodes in chunks through
+    write() instead of all at once into the descriptor, and a progress bar can follow a long save."""
+
+    def __init__(self, fh, on_write):
+        self.fh, self.on_write = fh, on_write
+
+    def write(self, data):
+        n = self.fh.write(data)
+        self.on_write(len(data))
+        return n
+
+    def __getattr__(self, name):
+        if name == "fileno":
+            raise AttributeError(name)
+        return getattr(self.fh, name)
+
+
+def save_image(path: str | os.PathLike, img: LoadedImage | np.ndarray, quality: int = 95, on_write=None) -> Path:
+    """Write atomically (temporary file + rename). A bare array is taken as RGB [0, 1] float or uint8.
+
+    on_write(n): called with the byte count of every chunk written (progress for very large images)."""
     if isinstance(img, np.ndarray):
         rgb = img.astype(np.float32) / 255.0 if img.dtype == np.uint8 else img
         img = LoadedImage(rgb)
@@ -253,7 +273,11 @@ def save_image(path: str | os.PathLike, img: LoadedImage | np.ndarray, quality: 
         kwargs["icc_profile"] = img.icc
     try:
         with atomic_path(path) as tmp:
-            pil.save(tmp, format=fmt, **kwargs)
+            if on_write is None:
+                pil.save(tmp, format=fmt, **kwargs)
+            else:
+                with open(tmp, "wb") as fh:
+                    pil.save(_CountedWrites(fh, on_write), format=fmt, **kwargs)
     except (OSError, KeyError, ValueError) as exc:
         raise ImageError(f"{path}: cannot write a {pil.mode} image as {fmt} ({exc})") from None
     return path

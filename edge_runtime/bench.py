@@ -23,6 +23,7 @@ from drsan_kit.core.variants import SCALES, VARIANTS
 from drsan_kit.edge_runtime.backends import open_backend
 from drsan_kit.edge_runtime.manifest import read_manifest
 from drsan_kit.edge_runtime.upscaler import Upscaler, time_frames
+from drsan_kit.edge_runtime.verify import ArtifactError, verify_artifact
 
 
 def test_frame(size: str, photo_name: str = "astronaut") -> np.ndarray:
@@ -68,10 +69,21 @@ def main(argv=None):
     ap.add_argument("--json", type=Path, default=None, help="write results as JSON")
     ap.add_argument("--md", type=Path, default=None, help="write results as a Markdown table")
     args = ap.parse_args(argv)
+    skip = set(filter(None, args.skip.split(",")))
+    entries = []
+    try:   # every artifact before any timing: a damaged one would crash the interpreter half-way through
+        if args.artifacts:
+            manifest = read_manifest(args.artifacts) or {"artifacts": []}
+            entries = [e for e in manifest["artifacts"]
+                       if e["format"] in ("onnx", "tflite") and e["precision"] not in skip]
+        for e in entries:
+            verify_artifact(args.artifacts / e["file"], e["format"], args.scale)
+    except (ArtifactError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     threads = args.threads or os.cpu_count()
     frame = test_frame(args.frame)
     tile = tuple(int(v) for v in args.tile.split("x"))
-    skip = set(filter(None, args.skip.split(",")))
     rows = []
 
     def bench(label, backend, tile_hw, note=""):
@@ -99,19 +111,15 @@ def main(argv=None):
     torch_backend = open_backend("torch", args.weights, variant=args.variant, scale=args.scale, threads=threads)
     bench("torch-full", torch_backend, None, "PyTorch eager FP32, whole frame")
     bench("torch", torch_backend, tile, "PyTorch eager FP32, tiled")
-    if args.artifacts:
-        manifest = read_manifest(args.artifacts) or {"artifacts": []}
-        for e in manifest["artifacts"]:
-            if e["format"] not in ("onnx", "tflite") or e["precision"] in skip:
-                continue
-            backend = open_backend(e["format"], args.artifacts / e["file"], threads=threads, scale=args.scale)
-            name = f"{e['format']}-{e['precision']}" + ("-dynamic" if e.get("dynamic_shape") else "")
-            if e.get("dynamic_shape"):
-                bench(name + "-full", backend, None, "one-shot, whole frame")
-            bench(name, backend, tile, e["file"])
-            if e["format"] == "tflite" and e["precision"] in args.whole_frame.split(","):
-                backend.take_any_window()
-                bench(name + "-full", backend, None, "one-shot, whole frame (interpreter resized)")
+    for e in entries:
+        backend = open_backend(e["format"], args.artifacts / e["file"], threads=threads, scale=args.scale)
+        name = f"{e['format']}-{e['precision']}" + ("-dynamic" if e.get("dynamic_shape") else "")
+        if e.get("dynamic_shape"):
+            bench(name + "-full", backend, None, "one-shot, whole frame")
+        bench(name, backend, tile, e["file"])
+        if e["format"] == "tflite" and e["precision"] in args.whole_frame.split(","):
+            backend.take_any_window()
+            bench(name + "-full", backend, None, "one-shot, whole frame (interpreter resized)")
     ref = next((r for r in rows if r["backend"] == "torch-full"), rows[0])
     for r in rows:
         r["speed_vs_torch"] = r["output_mp_per_s"] / ref["output_mp_per_s"]
@@ -126,6 +134,7 @@ def main(argv=None):
     if args.md:
         args.md.parent.mkdir(parents=True, exist_ok=True)
         args.md.write_text(table)
+    return 0
 
 
 def markdown(report: dict) -> str:
@@ -143,4 +152,4 @@ def markdown(report: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -15,6 +15,7 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +26,19 @@ from drsan_kit.core.images import (IMAGE_EXTENSIONS, ImageError, frame_count, ho
 from drsan_kit.edge_runtime.backends import BackendError, open_backend
 from drsan_kit.edge_runtime.manifest import artifact_entry
 from drsan_kit.edge_runtime.upscaler import Upscaler, time_frames
+from drsan_kit.edge_runtime.verify import verify_artifact
 from drsan_kit.edge_runtime.video import VIDEO_EXTENSIONS, VideoError, VideoWriter, probe, read_frames
 
 
 class InputError(ValueError):
     """A problem with one input; in a folder it is skipped with this reason."""
+
+
+@dataclass(frozen=True)
+class Job:
+    up: Upscaler
+    bars: bool            # progress bars on stderr
+    explicit_tile: bool   # --tile HxW given: a window larger than the frame is the user's mistake, not ours
 
 
 def parse_tile(text: str):
@@ -61,12 +70,15 @@ def parse_args(argv=None):
     ap.add_argument("--tile", type=parse_tile, default=None,
                     help="LR window HxW, or 0 for the whole frame at once: for shape-flexible models (ONNX dynamic, "
                          "torch; default 192x336) and TFLite models (resizable; default: the model's own tile). "
-                         "Fixed-shape ONNX and CoreML models always use their own input shape")
+                         "By default a frame smaller than the window runs whole. Fixed-shape ONNX and CoreML "
+                         "models always use their own input shape")
     ap.add_argument("--margin", type=int, default=8, help="context pixels around each window, cropped away (default 8)")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads for the interpreter (default: its own choice)")
     ap.add_argument("--out", type=Path, default=Path("results"),
                     help="output folder, or output file for a single input (default ./results)")
-    ap.add_argument("--ext", default=None, help="output image format, e.g. png or jpg (default: same as input)")
+    ap.add_argument("--ext", default=None,
+                    help="output image format, e.g. png, jpg, tif or bmp (default: same as input). For very large "
+                         "outputs jpg, bmp or tif save many times faster than png (see docs/runtime.md)")
     ap.add_argument("--benchmark", type=int, default=0, metavar="N",
                     help="time the first input's first frame N times after a warm-up and print JSON; writes nothing")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -81,8 +93,6 @@ def open_model(args):
         return open_backend("torch", args.weights, variant=args.variant, scale=args.scale or 4,
                             threads=args.threads), None
     kind, path = next((k, getattr(args, k)) for k in ("tflite", "onnx", "coreml") if getattr(args, k))
-    if not Path(path).exists():
-        raise BackendError(f"{path}: model file not found")
     found = artifact_entry(path)
     scale = args.scale
     if found:
@@ -90,6 +100,7 @@ def open_model(args):
         if scale and scale != model_info.get("scale"):
             raise BackendError(f"{path}: manifest says x{model_info.get('scale')}, but --scale {scale} was given")
         scale = model_info.get("scale")
+    verify_artifact(path, kind, scale)   # a damaged file would crash the interpreter instead of raising
     backend = open_backend(kind, path, threads=args.threads, scale=scale)
     if found:
         backend.precision = entry.get("precision", backend.precision)
@@ -118,25 +129,28 @@ def output_path(args, src: Path, rel: Path, scale: int, single: bool) -> Path:
     return args.out / rel.parent / f"{rel.stem}_x{scale}{ext}"
 
 
-def process_image(up: Upscaler, src: Path, dst: Path, bars: bool) -> tuple[int, list[float], float]:
+def process_image(job: Job, src: Path, dst: Path) -> tuple[int, list[float], float]:
+    up = job.up
     try:
         n = frame_count(src)
         if n > 1:
-            return process_animation(up, src, dst, bars, n)
+            return process_animation(job, src, dst, n)
         img = load_image(src)
     except ImageError as exc:
         raise InputError(str(exc)) from None
-    check_tile(up, img.rgb.shape[0], img.rgb.shape[1], src)
+    check_tile(job, img.rgb.shape[0], img.rgb.shape[1], src)
     with tqdm(total=up.windows(*img.rgb.shape[:2]), desc=src.name, unit="tile", leave=False,
-              disable=not bars) as bar:
+              disable=not job.bars) as bar:
         t0 = time.perf_counter()
         out = up.image(img, on_tile=bar.update)
         ms = (time.perf_counter() - t0) * 1000
-    save_image(dst, out)
+    # a 100-megapixel PNG takes minutes to compress: show the bytes going out
+    with tqdm(desc=f"saving {dst.name}", unit="B", unit_scale=True, leave=False, disable=not job.bars) as bar:
+        save_image(dst, out, on_write=bar.update)
     return 1, [ms], out.rgb.shape[0] * out.rgb.shape[1] / 1e6
 
 
-def process_animation(up: Upscaler, src: Path, dst: Path, bars: bool, n: int) -> tuple[int, list[float], float]:
+def process_animation(job: Job, src: Path, dst: Path, n: int) -> tuple[int, list[float], float]:
     """An animated GIF/WebP/PNG or multi-page TIFF of n frames: every frame, same timing and loop, one file out."""
     if not holds_frames(dst):
         raise InputError(f"{src}: has {n} frames, which {dst.suffix} cannot hold; use --ext gif, webp, png or tif")
@@ -145,12 +159,12 @@ def process_animation(up: Upscaler, src: Path, dst: Path, bars: bool, n: int) ->
 
     def upscaled():
         nonlocal mp
-        with tqdm(total=n, desc=src.name, unit="frame", leave=False, disable=not bars) as bar:
+        with tqdm(total=n, desc=src.name, unit="frame", leave=False, disable=not job.bars) as bar:
             for img, ms in frames:
                 if not times:
-                    check_tile(up, img.rgb.shape[0], img.rgb.shape[1], src)
+                    check_tile(job, img.rgb.shape[0], img.rgb.shape[1], src)
                 t0 = time.perf_counter()
-                out = up.image(img)
+                out = job.up.image(img)
                 times.append((time.perf_counter() - t0) * 1000)
                 mp += out.rgb.shape[0] * out.rgb.shape[1] / 1e6
                 bar.update(1)
@@ -159,34 +173,38 @@ def process_animation(up: Upscaler, src: Path, dst: Path, bars: bool, n: int) ->
     return len(times), times, mp
 
 
-def process_video(up: Upscaler, src: Path, dst: Path, bars: bool) -> tuple[int, list[float], float]:
+def process_video(job: Job, src: Path, dst: Path) -> tuple[int, list[float], float]:
     try:
         info = probe(src)
     except VideoError as exc:
         raise InputError(str(exc)) from None
-    check_tile(up, info["height"], info["width"], src)
+    check_tile(job, info["height"], info["width"], src)
     times, mp = [], 0.0
     try:
         with VideoWriter(dst, info["fps"], audio_from=src if info["audio"] else None) as writer, \
-                tqdm(total=info["frames"], desc=src.name, unit="frame", leave=False, disable=not bars) as bar:
+                tqdm(total=info["frames"], desc=src.name, unit="frame", leave=False, disable=not job.bars) as bar:
             for rgb in read_frames(src):
                 t0 = time.perf_counter()
-                out = up.frame(rgb, out_dtype=np.uint8)
+                out = job.up.frame(rgb, out_dtype=np.uint8)
                 times.append((time.perf_counter() - t0) * 1000)
                 writer.write(out)
                 mp += out.shape[0] * out.shape[1] / 1e6
                 bar.update(1)
     except VideoError as exc:
         raise InputError(f"{exc}; no output written") from None
+    if writer.note:
+        print(f"note: {dst}: {writer.note}", file=sys.stderr)
     return len(times), times, mp
 
 
-def check_tile(up: Upscaler, h: int, w: int, src: Path):
-    """An explicit window larger than the frame on a shape-flexible model is a user error, not a silent pad.
+def check_tile(job: Job, h: int, w: int, src: Path):
+    """An explicit --tile larger than the frame on a shape-flexible model is a user error, not a silent pad.
 
-    A model's own tile is not: a fixed-shape model pads the frame, a TFLite model runs it at its own size."""
+    A default window is not: a shape-flexible model (torch, dynamic ONNX, TFLite) runs a smaller frame
+    whole, a fixed-shape model pads it to its own tile."""
+    up = job.up
     own_tile = up.backend.input_hw is not None
-    if up.tile and not own_tile and (up.tile[0] > h or up.tile[1] > w):
+    if job.explicit_tile and up.tile and not own_tile and (up.tile[0] > h or up.tile[1] > w):
         raise InputError(f"{src}: tile {up.tile[0]}x{up.tile[1]} is larger than the {w}x{h} image; "
                          f"use a smaller --tile or --tile 0")
 
@@ -232,10 +250,10 @@ def main(argv=None) -> int:
     print(f"running {backend.name}: {desc}", file=sys.stderr)
     inputs = {src.resolve() for src, _ in items if src.exists()}
     single = len(items) == 1 and not Path(args.inputs[0]).is_dir()
-    bars = not args.quiet and sys.stderr.isatty()
+    job = Job(up, bars=not args.quiet and sys.stderr.isatty(), explicit_tile=args.tile not in (None, 0))
     done, failed, all_ms, total_mp = 0, 0, [], 0.0
     t_start = time.perf_counter()
-    for src, rel in tqdm(items, desc="files", unit="file", disable=not bars or len(items) < 2):
+    for src, rel in tqdm(items, desc="files", unit="file", disable=not job.bars or len(items) < 2):
         try:
             if not src.is_file():
                 raise InputError(f"{src}: no such file")
@@ -249,7 +267,7 @@ def main(argv=None) -> int:
             if dst.resolve() in inputs:
                 raise InputError(f"{dst}: output would overwrite an input; choose another --out")
             work = process_video if ext in VIDEO_EXTENSIONS else process_image
-            n, ms, mp = work(up, src, dst, bars)
+            n, ms, mp = work(job, src, dst)
             done += n
             all_ms += ms
             total_mp += mp

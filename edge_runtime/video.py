@@ -2,10 +2,11 @@
 
 Frames are (H, W, 3) uint8 RGB, turned upright: phone videos are stored sideways
 with a rotation in their metadata, and the reader applies it, as players do. The
-writer encodes H.264 (yuv420p, so odd sizes lose their last row/column; webm:
-VP9) at the source frame rate, copies the source's first audio track unchanged,
-and writes into a temporary file that is renamed into place only when the whole
-video was written.
+writer encodes H.264 (webm: VP9) at the source frame rate and at exactly the size
+it is given: in 4:2:0 (yuv420p, what every player plays) when both sides are even,
+else in H.264 4:4:4 (yuv444p), because 4:2:0 H.264 cannot store an odd side (VP9
+can). It copies the source's first audio track unchanged, and writes into a
+temporary file that is renamed into place only when the whole video was written.
 """
 from __future__ import annotations
 
@@ -75,6 +76,7 @@ class VideoWriter:
         self.tmp = self.path.with_name(f".{self.path.stem}.part{self.path.suffix}")
         self.container = self.stream = None
         self.audio_from, self.source, self.audio = audio_from, None, None
+        self.note = None   # set when the encoding differs from the usual one, and why
 
     def __enter__(self):
         import av
@@ -102,19 +104,22 @@ class VideoWriter:
     def write(self, rgb: np.ndarray):
         import av
 
-        h, w = rgb.shape[0] // 2 * 2, rgb.shape[1] // 2 * 2
+        h, w = rgb.shape[:2]
         if self.stream is None:
-            codec = self.codec
-            if self.path.suffix.lower() == ".webm":
-                codec = "libvpx-vp9"
+            codec = "libvpx-vp9" if self.path.suffix.lower() == ".webm" else self.codec
+            pix_fmt = "yuv420p"
+            if codec == "libx264" and (w % 2 or h % 2):
+                pix_fmt = "yuv444p"
+                self.note = (f"{w}x{h} has an odd side, which 4:2:0 H.264 cannot store: encoded as H.264 4:4:4 "
+                             "(yuv444p) to keep every pixel; some browsers and hardware players play only 4:2:0")
             self.stream = self.container.add_stream(codec, rate=self.fps)
-            self.stream.width, self.stream.height, self.stream.pix_fmt = w, h, "yuv420p"
+            self.stream.width, self.stream.height, self.stream.pix_fmt = w, h, pix_fmt
             if codec == "libx264":
                 self.stream.options = {"crf": str(self.crf)}
             if self.source is not None and self.source.streams.audio:
                 # video first, as players expect; every stream must exist before the first packet
                 self.audio = self.container.add_stream_from_template(self.source.streams.audio[0])
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[:h, :w]), format="rgb24")
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
         for packet in self.stream.encode(frame):
             self.container.mux(packet)
 

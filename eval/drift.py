@@ -70,12 +70,17 @@ def discover(folder: Path, scale: int) -> list[Artifact]:
 
 
 class Reference:
-    """FP32 PyTorch outputs (uint8, protocol-rounded), whole-frame and tiled, cached and savable."""
+    """FP32 PyTorch outputs (uint8, protocol-rounded), whole-frame and tiled, cached and savable.
+
+    On CUDA the reference runs in strict FP32: PyTorch's default lets convolutions use TF32, whose
+    rounding moves some output pixels by a level, while the fp32 artifacts agree with a CPU reference
+    far more closely; the fidelity columns would measure the reference's own noise."""
 
     def __init__(self, args, store: dict | None):
         self.store = store or {}
         self.args = args
         self._backend = None
+        self.precision = None
 
     @property
     def backend(self):
@@ -85,11 +90,26 @@ class Reference:
             except ImportError:
                 raise SystemExit("error: computing the reference needs torch; pass --reference FILE") from None
             self._backend = open_backend("torch", self.args.weights, variant=self.args.variant, scale=self.args.scale)
+            self.precision = self.strict_fp32(self._backend.device)
         return self._backend
+
+    @staticmethod
+    def strict_fp32(device) -> str:
+        """Keep matrix products and convolutions in full FP32 on `device`; return the precision in words."""
+        import torch
+
+        if torch.device(device).type != "cuda":
+            return "FP32"
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        return f"strict FP32, TF32 off ({torch.cuda.get_device_name(device)})"
 
     @property
     def device(self) -> str:
-        return self.store.get("__device__", self.backend.name if self._backend or not self.store else "unknown")
+        """Where and in what precision the reference ran (for a loaded one: as saved)."""
+        if "__device__" in self.store:
+            return self.store["__device__"]
+        return f"{self.backend.name}, {self.precision}" if self._backend or not self.store else "unknown"
 
     def get(self, key: str, lr: np.ndarray, tile, margin: int, pad: bool = True) -> np.ndarray:
         how = "full" if tile is None else f"{tile[0]}x{tile[1]}m{margin}" + ("" if pad else "nopad")
@@ -101,7 +121,7 @@ class Reference:
         return self.store[full_key]
 
     def save(self, path: Path):
-        meta = {"variant": self.args.variant, "scale": self.args.scale, "device": self.backend.name,
+        meta = {"variant": self.args.variant, "scale": self.args.scale, "device": self.device,
                 "weights": str(self.backend.weights)}
         arrays = {k: v for k, v in self.store.items() if not k.startswith("__")}
         np.savez_compressed(path, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
@@ -121,7 +141,9 @@ class Reference:
 def open_artifact(art: Artifact, args, reference: Reference):
     """An Upscaler for the artifact; CoreML off macOS becomes the FP16-emulated PyTorch model (estimate)."""
     from drsan_kit.edge_runtime.backends import open_backend
+    from drsan_kit.edge_runtime.verify import verify_artifact
 
+    verify_artifact(art.path, art.kind, args.scale)   # a damaged file would crash the interpreter and the whole run
     if art.kind == "coreml" and platform.system() != "Darwin":
         from drsan_kit.core.fp16 import fp16_emulated
         from drsan_kit.edge_runtime.backends.torch import TorchBackend

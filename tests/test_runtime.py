@@ -275,3 +275,84 @@ def test_video_keeps_its_audio(onnx_artifacts, tmp_path, ext, codec):
         assert c.streams.audio[0].codec_context.name == codec.removeprefix("lib")   # copied, not re-encoded
         samples = sum(f.samples for f in c.decode(audio=0))
     assert abs(samples - 24000) < 2400   # the whole half second of sound
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx", "onnx-dynamic", "tflite"])
+def test_every_backend_runs_a_small_image_with_its_defaults(request, backend, tmp_path):
+    # 40x30 is smaller than the default 192x336 window of torch and dynamic ONNX, and than nothing else
+    Image.fromarray(np.random.default_rng(5).integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(tmp_path / "s.png")
+    model = {"torch": lambda: ["--torch"],
+             "onnx": lambda: ["--onnx", _onnx(request.getfixturevalue("onnx_artifacts"))],
+             "onnx-dynamic": lambda: ["--onnx", _onnx(request.getfixturevalue("onnx_artifacts"), dynamic=True)],
+             "tflite": lambda: ["--tflite", request.getfixturevalue("tflite_artifacts")
+                                / f"drsan_32s_x4_{CONVERT_TILE}_int8.tflite"]}[backend]()
+    run_tool("edge_runtime/run.py", *model, tmp_path / "s.png", "--out", tmp_path / "o.png")
+    assert Image.open(tmp_path / "o.png").size == (160, 120)
+    if backend == "onnx-dynamic":   # the frame ran whole: the same as asking for the whole frame
+        run_tool("edge_runtime/run.py", *model, "--tile", "0", tmp_path / "s.png", "--out", tmp_path / "w.png")
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "o.png")), np.asarray(Image.open(tmp_path / "w.png")))
+
+
+@pytest.mark.parametrize("ext", [".mp4", ".webm"])
+def test_video_writer_keeps_odd_sizes(tmp_path, ext):
+    import av
+    from fractions import Fraction
+
+    from drsan_kit.edge_runtime.video import VideoWriter
+
+    path = (tmp_path / "odd").with_suffix(ext)
+    with VideoWriter(path, Fraction(10)) as writer:
+        for i in range(3):
+            writer.write(np.full((49, 65, 3), 60 * i, np.uint8))
+    assert (writer.note is not None) == (ext == ".mp4")   # VP9 stores odd sizes in 4:2:0, H.264 needs 4:4:4
+    with av.open(str(path)) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(frames) == 3 and frames[0].shape == (49, 65, 3)
+
+
+def test_odd_video_at_x3_keeps_its_exact_size(tmp_path):
+    import av
+    from fractions import Fraction
+
+    from drsan_kit.edge_runtime.video import VideoWriter
+
+    src = tmp_path / "odd.mp4"
+    with VideoWriter(src, Fraction(12)) as writer:
+        for i in range(3):
+            writer.write(np.random.default_rng(i).integers(0, 256, (49, 65, 3), dtype=np.uint8))
+    proc = run_tool("edge_runtime/run.py", "--torch", "--scale", "3", src, "--out", tmp_path / "o")
+    assert "odd side" in proc.stderr and "yuv444p" in proc.stderr
+    with av.open(str(tmp_path / "o" / "odd_x3.mp4")) as c:
+        s = c.streams.video[0]
+        assert (s.width, s.height, sum(1 for _ in c.decode(video=0))) == (195, 147, 3)
+
+
+def test_save_progress_counts_every_byte_and_changes_nothing(tmp_path):
+    from drsan_kit.core.images import LoadedImage, save_image
+
+    img = LoadedImage(np.random.default_rng(1).random((64, 96, 3)).astype(np.float32))
+    for ext in ("png", "jpg", "tif", "bmp"):
+        written = []
+        save_image(tmp_path / f"a.{ext}", img)
+        save_image(tmp_path / f"b.{ext}", img, on_write=written.append)
+        data = (tmp_path / f"b.{ext}").read_bytes()
+        assert data == (tmp_path / f"a.{ext}").read_bytes() and sum(written) == len(data)
+        assert ext != "png" or len(written) > 1   # PNG arrives in chunks, so a bar can move
+
+
+def test_drift_reference_is_strict_fp32_on_cuda_and_says_so(monkeypatch, shipped_x4):
+    from types import SimpleNamespace
+
+    import torch
+
+    from drsan_kit.eval.drift import Reference
+
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    assert Reference.strict_fp32("cpu") == "FP32"
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32   # no GPU, nothing to change
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "a test GPU")
+    assert Reference.strict_fp32("cuda") == "strict FP32, TF32 off (a test GPU)"
+    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    ref = Reference(SimpleNamespace(weights=shipped_x4, variant="32s", scale=4), None)
+    assert ref.device == f"{ref.backend.name}, FP32"   # what drift.json and drift.md record
