@@ -36,3 +36,18 @@ def test_machine_line_names_present_and_missing_int8_features(monkeypatch):
     monkeypatch.setattr(provenance.platform, "machine", lambda: "aarch64")
     monkeypatch.setattr(provenance, "_cpuinfo", lambda: {"Features": "fp asimd asimddp"})
     assert provenance.machine().endswith("; dotprod (no i8mm)")
+
+
+def test_report_writers_put_the_header_first():
+    from drsan_kit.eval import drift, tiling
+
+    prov = provenance.header(["eval/x.py", "--flag"])
+    drift_md = drift.markdown({"provenance": prov, "variant": "32s", "scale": 4, "convention": "authors",
+                               "margin": 8, "machine": "m", "artifacts": [],
+                               "reference": {"model": "FP32 PyTorch", "device": "torch-cpu"}})
+    tiling_md = tiling.markdown({"provenance": prov, "variant": "32s", "scale": 4, "margin": 8,
+                                 "sets": {"Set5": {"96x96|tile": {"dpsnr": 0.0, "fidelity_psnr": 60.0}}},
+                                 "seconds_per_720p_frame": {}})
+    for md in (drift_md, tiling_md):
+        assert md.splitlines()[2] == "Command: `python eval/x.py --flag`  "
+        assert f"Machine: {prov['machine']}" in md
