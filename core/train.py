@@ -35,8 +35,9 @@ from tqdm import tqdm
 from drsan_kit.core.datasets import load_pairs
 from drsan_kit.core.holdout import describe, holdout_pairs, split_holdout
 from drsan_kit.core.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from drsan_kit.core.images import ImageError, list_images, load_rgb_uint8
-from drsan_kit.core.imresize import imresize
+from drsan_kit.core.device_sampler import DeviceSampler, image_weights
+from drsan_kit.core.device_sampler import load_pairs as load_training_pairs
+from drsan_kit.core.images import list_images
 from drsan_kit.core.metrics import psnr_y
 from drsan_kit.core.model import build_model
 from drsan_kit.core import qat
@@ -53,31 +54,15 @@ class PatchSampler(torch.utils.data.Dataset):
     def __init__(self, folder, scale: int, patch: int, seed: int, log=print, sampling: str = "area",
                  files=None):
         self.scale, self.patch = scale, patch
-        self.pairs, skipped, unreadable = [], 0, 0
         files = list_images(folder) if files is None else files
         if not files:
             raise SystemExit(f"error: no images (png, jpg, bmp, tif, webp) found under {folder}")
-        for path in tqdm(files, desc="loading training images", leave=False, disable=None):
-            try:
-                hr = load_rgb_uint8(path)
-            except ImageError as exc:
-                unreadable += 1
-                log(f"skipped: {exc}")
-                continue
-            h, w = hr.shape[0] // scale, hr.shape[1] // scale
-            if h < patch or w < patch:
-                skipped += 1
-                continue
-            hr = np.ascontiguousarray(hr[: h * scale, : w * scale])
-            self.pairs.append((imresize(hr, 1 / scale), hr))
+        self.pairs = load_training_pairs(files, scale, patch, log)
         if not self.pairs:
             raise SystemExit(f"error: no image under {folder} is large enough for {patch}x{patch} LR patches at x{scale}")
-        log(f"training images: {len(self.pairs)} used, {skipped} too small for a {patch}px LR patch at x{scale}, "
-            f"{unreadable} unreadable")
         # "area": images drawn in proportion to how many patches they hold, so every LR pixel
         # counts the same; "uniform": every image equally often (small images weigh more).
-        area = np.array([lr.shape[0] * lr.shape[1] for lr, _ in self.pairs], dtype=np.float64)
-        self.weights = area / area.sum() if sampling == "area" else np.full(len(area), 1 / len(area))
+        self.weights = image_weights([lr.shape[:2] for lr, _ in self.pairs], sampling)
         self.seed, self.batch_size = seed, 16
 
     def batch(self, size: int, iteration: int = 0):
@@ -161,11 +146,24 @@ def autocast_dtype(args, device):
 
 
 def memory_format(args, device):
-    # oneDNN's CPU convolutions run natively in NHWC; NCHW costs a reorder around every conv
+    # oneDNN's CPU convolutions run natively in NHWC (NCHW costs a reorder around every conv), and
+    # so do cuDNN's bf16 tensor-core convolutions
     name = args.memory_format
     if name == "auto":
-        name = "channels_last" if device.type == "cpu" else "contiguous"
+        name = "channels_last"
     return LAYOUTS[name]
+
+
+LR_RULES = {"none": lambda batch: 1.0, "sqrt": lambda batch: math.sqrt(batch / 16), "linear": lambda batch: batch / 16}
+
+
+def scaled_lr(lr: float, rule: str, batch: int) -> float:
+    """The learning rate for a global batch: --lr is the paper's rate at batch 16, grown by the rule."""
+    return lr * LR_RULES[rule](batch)
+
+
+def data_on_device(args, device) -> bool:
+    return args.data_on_device == "on" or (args.data_on_device == "auto" and device.type == "cuda")
 
 
 def train_step(net, opt, loss_fn, lr_b, hr_b, amp):
@@ -240,7 +238,11 @@ def parse_args(argv=None):
     ap.add_argument("--loss", choices=list(LOSSES), default="l1",
                     help="l1: the paper's loss; l2: mean squared error, for a short last stage that "
                          "fine-tunes an L1-trained model towards PSNR")
-    ap.add_argument("--lr", type=float, default=2e-4, help="initial learning rate (paper: 2e-4)")
+    ap.add_argument("--lr", type=float, default=2e-4, help="initial learning rate (paper: 2e-4 at batch 16)")
+    ap.add_argument("--lr-scaling", choices=list(LR_RULES), default="none",
+                    help="how the rate grows with the global batch (--batch x GPUs): sqrt uses "
+                         "lr * sqrt(batch / 16), so 2e-4 becomes 8e-4 at batch 256; linear lr * batch / 16; "
+                         "none (default) takes --lr as it is")
     ap.add_argument("--schedule", choices=["step", "cosine"], default="step",
                     help="step: the paper's x0.85 every --step-every; cosine: warm-up then cosine to --min-lr")
     ap.add_argument("--step-every", type=int, default=200_000)
@@ -249,8 +251,15 @@ def parse_args(argv=None):
     ap.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
                     help="mixed precision: auto uses bf16 where the CPU/GPU supports it")
     ap.add_argument("--memory-format", choices=["auto", *LAYOUTS], default="auto",
-                    help="tensor layout: auto is channels_last on a CPU (1.2-1.4x faster per step here with bf16, "
-                         "see eval/train_speed.py), contiguous on a GPU")
+                    help="tensor layout: auto is channels_last (on a CPU 1.2-1.4x faster per step here with bf16, "
+                         "see eval/train_speed.py; on a GPU what bf16 tensor-core convolutions read natively)")
+    ap.add_argument("--data-on-device", choices=["auto", "on", "off"], default="auto",
+                    help="keep the decoded training set and its LR on the training device and cut patches there "
+                         "(core/device_sampler.py); auto: on with CUDA, off on a CPU (batches then come from "
+                         "--workers processes)")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile the model for training (the first steps compile, about a minute; pays "
+                         "on a GPU with large batches, see eval/train_speed.py)")
     ap.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                     help="keep an exponential moving average of the weights with this decay (e.g. 0.999) and "
                          "validate and write model.pt from it; last.pt keeps both (0: off, the default)")
@@ -280,6 +289,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    args.lr = scaled_lr(args.lr, args.lr_scaling, args.batch * int(os.environ.get("WORLD_SIZE", "1")))
     ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank = int(os.environ.get("RANK", "0"))
     if ddp:
@@ -312,6 +322,11 @@ def main(argv=None):
         raise SystemExit(f"error: --val-split: {exc}") from None
     sampler = PatchSampler(args.data, args.scale, args.patch, seed=args.seed + rank, log=log,
                            sampling=args.sampling, files=train_files)
+    on_device = data_on_device(args, device)
+    if on_device:
+        sampler = DeviceSampler(sampler.pairs, args.scale, args.patch, seed=args.seed + rank, device=device,
+                                sampling=args.sampling)
+        log(f"training set held on {device}: patches cut on {device.type}")
     if resume.is_file():
         _, blob = load_checkpoint(resume, args.variant, args.scale)
         model.load_state_dict(blob["state_dict"])
@@ -340,6 +355,8 @@ def main(argv=None):
             qat.load_range_state(scored, ts["qat"])
         net = torch.nn.parallel.DistributedDataParallel(scored) if ddp else scored
         args.amp = "off"   # rounding to int8 steps needs fp32 arithmetic
+    if args.compile:
+        net = torch.compile(net)
     amp = autocast_dtype(args, device)
     loss_fn = LOSSES[args.loss]
     if rank != 0:
@@ -361,7 +378,8 @@ def main(argv=None):
             "data": str(args.data), "batch": args.batch, "patch": args.patch, "lr": args.lr, "loss": args.loss,
             "sampling": args.sampling,
             "schedule": args.schedule, "time_budget_minutes": args.time_budget, "amp": str(amp),
-            "memory_format": str(layout), "ema_decay": args.ema or None,
+            "memory_format": str(layout), "ema_decay": args.ema or None, "lr_scaling": args.lr_scaling,
+            "data_on_device": on_device, "compile": args.compile,
             "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
             "machine": f"{platform.machine()} {os.cpu_count()} cores", "init_from": args.init_from,
             "command": "python core/train.py " + " ".join(sys.argv[1:]) if argv is None else "main(" + repr(argv) + ")",
@@ -396,7 +414,8 @@ def main(argv=None):
         deadline = time.time() + 60 * args.stop_after_minutes if args.stop_after_minutes else None
         stop_at = min(args.iters, args.stop_at or args.iters)
         workers = args.workers if args.workers is not None else (4 if device.type == "cuda" else 0)
-        feed = batches(sampler, args.batch, state["iteration"], workers, pin=device.type == "cuda")
+        feed = (sampler.batches(args.batch, state["iteration"]) if on_device
+                else batches(sampler, args.batch, state["iteration"], workers, pin=device.type == "cuda"))
         while state["iteration"] < stop_at:
             it = state["iteration"]
             lr_now = learning_rate(args, it, state["seconds"] + time.time() - t0)
