@@ -1,25 +1,39 @@
-"""Time DRSAN training steps on this machine: bf16 or fp32, channels_last or contiguous.
+"""Time DRSAN training steps on this machine: bf16 or fp32, channels_last or contiguous;
+or, with --data, the trainer end to end with the training set held on the device.
 
     python eval/train_speed.py --variant 32s --scale 4 --patch 64 --batch 16 --threads 2
+    python eval/train_speed.py --data ../shared/train --batch 256 --steps 200 --compile --out speed.md
 
 Why it exists: `core/train.py` picks bf16 autocast and the channels_last layout on a
 CPU by default; this shows what each choice is worth here. The arms take turns
 (round robin) so that a machine's drift over the run hits them alike, and each
 reports the median of its timed steps. One step = forward, L1 loss, backward, Adam.
+
+With --data the figure is patches per second with the data included, on CUDA when
+present, else on the CPU: the set is decoded and its LR made once (timed apart), then
+each step cuts its batch with core/device_sampler.py and runs the trainer's own step
+under the trainer's defaults (bf16 where supported, channels_last); the clock runs
+from the first timed step to the end of the last one (the GPU's queue drained).
 """
 from __future__ import annotations
 
 import argparse
 import itertools
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from drsan_kit.core.atomic import atomic_path
+from drsan_kit.core.device_sampler import DeviceSampler, load_pairs
+from drsan_kit.core.images import list_images
 from drsan_kit.core.model import build_model
-from drsan_kit.core.train import LAYOUTS, cpu_has_fast_bf16, train_step
+from drsan_kit.core.train import LAYOUTS, autocast_dtype, cpu_has_fast_bf16, memory_format, train_step
 from drsan_kit.core.variants import SCALES, VARIANTS
+from drsan_kit.eval import provenance
 
 
 def make_arm(variant, scale, amp, layout, lr, hr):
@@ -36,17 +50,87 @@ def make_arm(variant, scale, amp, layout, lr, hr):
     return step
 
 
+def end_to_end(args, device) -> tuple[str, float]:
+    """(report, patches/s) of the trainer's step fed by the device sampler, data included."""
+    start = time.perf_counter()
+    files = list_images(args.data)
+    pairs = load_pairs(files, args.scale, args.patch, log=lambda *a: None)
+    if not pairs:
+        raise SystemExit(f"error: no image under {args.data} holds a {args.patch}x{args.patch} LR patch at x{args.scale}")
+    sampler = DeviceSampler(pairs, args.scale, args.patch, seed=0, device=device)
+    del pairs
+    load_s = time.perf_counter() - start
+    settings = argparse.Namespace(amp="auto", memory_format="auto")
+    amp, layout = autocast_dtype(settings, device), memory_format(settings, device)
+    torch.manual_seed(0)
+    model = build_model(args.variant, args.scale).to(device, memory_format=layout).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-5, fused=device.type == "cuda")
+    net = torch.compile(model) if args.compile else model
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    loss_sum = torch.zeros((), device=device)
+    for it in range(args.warmup + args.steps):
+        if it == args.warmup:
+            sync()
+            t0 = time.perf_counter()
+        lr_b, hr_b = (t.float().div_(255.0) for t in sampler.batch(args.batch, it))
+        loss_sum += train_step(net, opt, F.l1_loss, lr_b.contiguous(memory_format=layout), hr_b, amp).detach()
+    sync()
+    seconds = time.perf_counter() - t0
+    if not torch.isfinite(loss_sum):
+        raise SystemExit("error: the loss is not finite; the figure would mean nothing")
+    rate = args.batch * args.steps / seconds
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    report = "\n".join([
+        provenance.markdown(provenance.header(["eval/train_speed.py", *(sys.argv[1:] if args.argv is None
+                                                                       else args.argv)])),
+        f"Device: {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} CPU threads", "",
+        f"DRSAN-{args.variant} x{args.scale}, {args.patch}x{args.patch} LR patches from {len(files)} images "
+        f"held on the device, {args.steps} timed steps after {args.warmup} warm-up steps", "",
+        "| batch | precision | layout | compile | patches/s | s / step | load + LR s |",
+        "|---|---|---|---|---|---|---|",
+        f"| {args.batch} | {'bf16' if amp == torch.bfloat16 else 'fp16' if amp == torch.float16 else 'fp32'} "
+        f"| {str(layout).split('.')[-1]} | {'yes' if args.compile else 'no'} | {rate:,.0f} "
+        f"| {seconds / args.steps:.3f} | {load_s:.1f} |", ""])
+    return report, rate
+
+
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="Time DRSAN training steps for each precision and memory layout.")
+    ap = argparse.ArgumentParser(description="Time DRSAN training steps for each precision and memory layout, "
+                                             "or (--data) the trainer end to end with its data on the device.")
     ap.add_argument("--variant", default="32s", choices=list(VARIANTS), help="model variant (default 32s)")
     ap.add_argument("--scale", type=int, default=4, choices=SCALES, help="upscaling factor (default 4)")
     ap.add_argument("--patch", type=int, default=48, help="LR patch size (default 48, the paper's)")
     ap.add_argument("--batch", type=int, default=16, help="patches per step (default 16)")
     ap.add_argument("--steps", type=int, default=6, help="timed steps per arm, after 2 warm-up steps (default 6)")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    ap.add_argument("--data", default=None,
+                    help="folder of training images: time the end-to-end step (device sampler + train step, "
+                         "patches/s) instead of the precision x layout arms")
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                    help="with --data: where to train (auto: CUDA when present)")
+    ap.add_argument("--compile", action="store_true", help="with --data: torch.compile the model, as train.py --compile")
+    ap.add_argument("--warmup", type=int, default=2,
+                    help="with --data: untimed steps first (torch.compile compiles in them; default 2)")
+    ap.add_argument("--out", default=None, help="with --data: also write the report to this Markdown file")
     args = ap.parse_args(argv)
+    args.argv = argv
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.data is not None:
+        if args.steps < 1 or args.warmup < 0:
+            raise SystemExit("error: --steps must be at least 1 and --warmup at least 0")
+        if not Path(args.data).is_dir():
+            raise SystemExit(f"error: --data {args.data}: no such folder")
+        if args.device == "cuda" and not torch.cuda.is_available():
+            raise SystemExit("error: --device cuda asked for, but torch sees no CUDA device")
+        device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+                              else "cpu")
+        report, _ = end_to_end(args, device)
+        print(report, end="")
+        if args.out:
+            with atomic_path(args.out) as tmp:
+                tmp.write_text(report)
+        return
     amps = {"bf16": torch.bfloat16, "fp32": None}
     if not cpu_has_fast_bf16():
         amps.pop("bf16")

@@ -139,3 +139,18 @@ def test_lr_scaling_rule_is_applied_and_recorded(data, tmp_path):
     train_main(_args(data, tmp_path / "run", 1, lr_scaling="sqrt"))
     training = read_checkpoint(tmp_path / "run" / "model.pt")["meta"]["training"]
     assert training["lr"] == pytest.approx(1e-3 * (2 / 16) ** 0.5) and training["lr_scaling"] == "sqrt"
+
+
+def test_train_speed_reports_the_end_to_end_figure(data, tmp_path, capsys):
+    from drsan_kit.eval.train_speed import main as speed_main
+
+    report = tmp_path / "speed.md"
+    speed_main(["--data", str(data), "--scale", "2", "--patch", "8", "--batch", "2", "--steps", "2",
+                "--warmup", "1", "--threads", "1", "--device", "cpu", "--out", str(report)])
+    text = capsys.readouterr().out
+    assert text == report.read_text() and "Command: `python eval/train_speed.py --data" in text
+    assert "Machine: " in text and "Device: cpu (CPU)" in text
+    row = [line for line in text.splitlines() if line.startswith("| 2 |")][0].split("|")
+    assert float(row[5].replace(",", "")) > 0 and row[3].strip() == "channels_last"
+    with pytest.raises(SystemExit, match="no such folder"):
+        speed_main(["--data", str(tmp_path / "nowhere")])
