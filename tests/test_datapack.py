@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from drsan_kit.core.checkpoint import read_checkpoint
 from drsan_kit.core.datapack import DatapackError, main, pack, unpack, verify
 from drsan_kit.core.holdout import split_holdout
 from drsan_kit.core.images import list_images, load_image, load_rgb_uint8
@@ -129,3 +130,45 @@ def test_cli_reports_what_it_did(data, tmp_path, capsys):
     assert "packed 9 images" in capsys.readouterr().out
     assert main(["verify", "--packs", str(tmp_path / "packs"), "--all", "--workers", "1"]) == 0
     assert "verified: 9 images in 2 shard(s)" in capsys.readouterr().out
+
+
+def _job(*args, env_out=None):
+    import os
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "core" / "gpu_job.sh"
+    env = {k: v for k, v in os.environ.items() if k != "OUT"} | ({"OUT": str(env_out)} if env_out else {})
+    return subprocess.run(["bash", str(script), *map(str, args)], capture_output=True, text=True, env=env)
+
+
+def test_gpu_job_trains_returns_small_files_and_resumes_from_them(data, tmp_path):
+    pack(data, tmp_path / "packs", max_mib=1, holdout=1)
+    train = ["--variant", "32s", "--scale", "2", "--batch", "2", "--patch", "8", "--amp", "off", "--threads", "1",
+             "--val-split", "1", "--save-every", "1", "--schedule", "cosine", "--warmup", "1",
+             "--data-on-device", "on"]
+    first = _job("--packs", tmp_path / "packs", "--minutes", 3, "--reserve", 1, "--split-mib", 1, "--",
+                 *train, "--iters", 2, env_out=tmp_path / "one")
+    assert first.returncode == 0, first.stdout + first.stderr
+    run = tmp_path / "one" / "run"
+    pieces = sorted(p.name for p in run.glob("last.pt.part-*"))
+    assert len(pieces) >= 2 and not (run / "last.pt").exists()   # a 32s last.pt is over 1 MiB
+    log = (run / "job.log").read_text()
+    assert "each checked against its SHA-256" in log and "training for at most" in log
+    assert "last.pt" in (run / "SHA256SUMS").read_text()
+    # the next job, elsewhere, continues from the pieces (joined and checked against SHA256SUMS)
+    second = _job("--packs", tmp_path / "packs", "--resume", run, "--out", tmp_path / "two", "--minutes", 3,
+                  "--reserve", 1, "--", *train, "--iters", 3)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "resumed from" in second.stdout and "run: iteration 3" in second.stdout
+    state = read_checkpoint(tmp_path / "two" / "run" / "last.pt")["train_state"]["state"]
+    assert state["iteration"] == 3 and len(pieces) == len(list(run.glob("last.pt.part-*")))
+
+
+def test_gpu_job_refuses_what_it_sets_itself(tmp_path):
+    for args, message in ((["--out", tmp_path, "--", "--data", "x"], "sets --data itself"),
+                          (["--", "--variant", "32s"], "no output folder"),
+                          (["--out", tmp_path, "--minutes", "soon", "--", "--variant", "32s"], "not a number"),
+                          (["--out", tmp_path, "--resume", tmp_path / "none", "--", "--variant", "32s"], "no last.pt")):
+        result = _job(*args)
+        assert result.returncode == 2 and message in result.stderr
