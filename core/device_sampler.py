@@ -4,11 +4,12 @@ The whole training set (HR and its MATLAB-bicubic LR, both uint8) lives on the d
 as two flat pixel tables; a batch is one gather per table, so a GPU never waits for
 CPU workers, decoding or host-to-device copies of images. Each patch gets its own
 random crop and one of the 8 dihedral transforms (flips and 90-degree rotations),
-built into the gather's index grid, identical for the LR patch and its HR patch.
+expressed as a start and two signed steps of the gather, identical for the LR patch
+and its HR patch.
 
-Batch i is a pure function of (seed, i): its random numbers come from numpy on the
-CPU (a few hundred integers), and the gather is integer arithmetic, so a run resumed
-on a CPU cuts exactly the patches the GPU would have cut, and vice versa.
+Batch i is a pure function of (seed, i): its random numbers and the index arithmetic
+are numpy integers on the CPU (a few numbers per patch), so a run resumed on a CPU cuts
+exactly the patches the GPU would have cut, and vice versa.
 
 LR is made once at load with the kit's MATLAB-compatible bicubic (core/imresize.py),
 in worker processes when the machine has cores to spare.
@@ -101,39 +102,41 @@ def image_weights(sizes, sampling: str) -> np.ndarray:
     return area / area.sum() if sampling == "area" else np.full(len(area), 1 / len(area))
 
 
-def _dihedral_grid(size: int, t: torch.Tensor):
-    """(rows, cols), each (B, size, size): where output pixel (i, j) of each patch is read.
+def _strides(table, img, y, x, size: int, t):
+    """(3, B) int64: flat start, step per output row and step per output column of each patch.
 
     Bits of t: 1 flips rows, 2 flips columns, 4 transposes the flipped patch; the 8
-    values are the 8 symmetries of the square. Applied to LR and HR grids alike, a
-    flipped LR pixel and its s x s HR block stay together.
+    values are the 8 symmetries of the square. Output pixel (i, j) of patch b is pixel
+    start[b] + i * row[b] + j * col[b] of the table: every transform is a start and two
+    signed steps, so LR and HR patches (HR coordinates s times the LR ones) stay aligned.
     """
-    i = torch.arange(size, device=t.device)
-    t = t.view(-1, 1, 1)
-    swap = (t & 4) == 4
-    a = torch.where(swap, i.view(1, 1, size), i.view(1, size, 1))   # output (i, j) reads flipped (j, i)
-    b = torch.where(swap, i.view(1, size, 1), i.view(1, 1, size))
-    return torch.where((t & 1) == 1, size - 1 - a, a), torch.where((t & 2) == 2, size - 1 - b, b)
+    w = table.widths[img]
+    row = np.where(t & 1, -w, w)
+    col = np.where(t & 2, -1, 1)
+    start = table.offsets[img] + (y + np.where(t & 1, size - 1, 0)) * w + x + np.where(t & 2, size - 1, 0)
+    swap = (t & 4).astype(bool)
+    return np.stack([start, np.where(swap, col, row), np.where(swap, row, col)])
 
 
 class _PixelTable:
-    """Images of different sizes as one (total pixels, 3) uint8 tensor with row offsets and widths."""
+    """Images of different sizes as one (total pixels, 3) uint8 tensor; offsets and widths stay on the CPU."""
 
     def __init__(self, images, device):
         sizes = np.array([img.shape[0] * img.shape[1] for img in images], dtype=np.int64)
-        self.offset = torch.from_numpy(np.concatenate([[0], np.cumsum(sizes)[:-1]])).to(device)
-        self.width = torch.tensor([img.shape[1] for img in images], dtype=torch.int64, device=device)
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        self.widths = np.array([img.shape[1] for img in images], dtype=np.int64)
         self.pixels = torch.empty((int(sizes.sum()), 3), dtype=torch.uint8, device=device)
-        for img, start, n in zip(images, self.offset.tolist(), sizes.tolist()):
+        for img, start, n in zip(images, self.offsets.tolist(), sizes.tolist()):
             self.pixels[start : start + n] = torch.from_numpy(img.reshape(-1, 3))
 
-    def crops(self, img, y, x, size: int, t):
-        """(B, 3, size, size) uint8 patches at (y, x) of images img, transformed by t; channels_last memory."""
-        rows, cols = _dihedral_grid(size, t)
-        w = self.width[img].view(-1, 1, 1)
-        index = self.offset[img].view(-1, 1, 1) + (y.view(-1, 1, 1) + rows) * w + x.view(-1, 1, 1) + cols
+    def crops(self, strides: torch.Tensor, size: int):
+        """(B, 3, size, size) uint8 patches from _strides' numbers (on the device); channels_last memory."""
+        start, row, col = (v.view(-1, 1, 1) for v in strides)
+        i = torch.arange(size, device=strides.device)
+        index = start + i.view(1, size, 1) * row + i.view(1, 1, size) * col
+        patches = self.pixels.index_select(0, index.view(-1)).view(-1, size, size, 3)
         # (B, size, size, 3) seen as (B, 3, size, size) is exactly the channels_last layout
-        return self.pixels[index].permute(0, 3, 1, 2)
+        return patches.permute(0, 3, 1, 2)
 
 
 class DeviceSampler:
@@ -167,13 +170,16 @@ class DeviceSampler:
 
     def batch(self, size: int, iteration: int = 0):
         """(LR, HR) uint8 tensors (B, 3, p, p) and (B, 3, s*p, s*p) on the device, channels_last memory."""
-        draws = torch.from_numpy(self.draws(size, iteration))
+        img, y, x, t = self.draws(size, iteration)
+        s, p = self.scale, self.patch
+        # all the index arithmetic is exact integers on the CPU: any device cuts the same patches
+        numbers = torch.from_numpy(np.concatenate([_strides(self.lr, img, y, x, p, t),
+                                                   _strides(self.hr, img, y * s, x * s, p * s, t)]))
         if self.device.type == "cuda":
             # a pinned copy lets the upload queue behind the previous step instead of waiting for it
-            draws = draws.pin_memory()
-        img, y, x, t = draws.to(self.device, non_blocking=True)
-        s, p = self.scale, self.patch
-        return self.lr.crops(img, y, x, p, t), self.hr.crops(img, y * s, x * s, p * s, t)
+            numbers = numbers.pin_memory()
+        numbers = numbers.to(self.device, non_blocking=True)
+        return self.lr.crops(numbers[:3], p), self.hr.crops(numbers[3:], p * s)
 
     def batches(self, size: int, start: int):
         """Batches for iterations start, start+1, ... (what the trainer iterates over)."""
