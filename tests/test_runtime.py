@@ -79,7 +79,7 @@ def test_unsupported_format_and_missing_model(onnx_artifacts, tmp_path):
     junk = tmp_path / "junk.tflite"
     junk.write_bytes(b"0" * 100)
     proc = run_tool("edge_runtime/run.py", "--tflite", junk, doc, check=False)
-    assert proc.returncode == 2 and "cannot load" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "not a TFLite model" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_tile_larger_than_image_on_flexible_model_is_an_error(onnx_artifacts, photos, tmp_path):
