@@ -8,8 +8,9 @@ window's core is kept, so a model without global statistics gives exactly its
 one-shot output wherever the margin covers its receptive field. Windows stay
 inside the frame (the last one on each axis is shifted back to end at the
 border), so frame borders see the same padding as a one-shot run. A frame
-smaller than the tile is edge-padded up to the tile size (fixed-shape
-models accept nothing else) and the output cropped back.
+smaller than the tile runs at its own size on a shape-flexible model; for a
+fixed-shape one (pad_small) it is edge-padded up to the tile size and the
+output cropped back.
 
 Memory: the input frame, one output buffer and one window at a time.
 """

@@ -279,7 +279,7 @@ def test_video_keeps_its_audio(onnx_artifacts, tmp_path, ext, codec):
 
 @pytest.mark.parametrize("backend", ["torch", "onnx", "onnx-dynamic", "tflite"])
 def test_every_backend_runs_a_small_image_with_its_defaults(request, backend, tmp_path):
-    # 40x30 is smaller than the default 192x336 window of torch and dynamic ONNX, and than nothing else
+    # 40x30: smaller than the default 192x336 window of torch and dynamic ONNX, larger than the fixed 24x32 tile
     Image.fromarray(np.random.default_rng(5).integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(tmp_path / "s.png")
     model = {"torch": lambda: ["--torch"],
              "onnx": lambda: ["--onnx", _onnx(request.getfixturevalue("onnx_artifacts"))],
