@@ -83,14 +83,14 @@ job() {
     "$py" core/datapack.py unpack --packs "$packs" --out "$work/train"
 
     if [ -n "$resume" ] && [ ! -e "$run/last.pt" ]; then
-        if [ -f "$resume/last.pt" ]; then
+        if [ -f "$resume/last.pt" ]; then   # a whole last.pt wins: a CPU may have trained on since
             cp "$resume/last.pt" "$run/last.pt"
         else
             cat "$resume"/last.pt.part-* > "$run/last.pt"
-        fi
-        if [ -f "$resume/SHA256SUMS" ]; then
-            (cd "$run" && grep ' last.pt$' "$resume/SHA256SUMS" | sha256sum -c --quiet -) \
-                || die "$resume: last.pt does not match its SHA256SUMS"
+            if [ -f "$resume/SHA256SUMS" ]; then
+                (cd "$run" && grep ' last.pt$' "$resume/SHA256SUMS" | sha256sum -c --quiet -) \
+                    || die "$resume: the joined last.pt.part-* do not match its SHA256SUMS"
+            fi
         fi
         [ -f "$resume/log.csv" ] && cp "$resume/log.csv" "$run/log.csv"
         echo "resuming from $resume"

@@ -163,6 +163,10 @@ def test_gpu_job_trains_returns_small_files_and_resumes_from_them(data, tmp_path
     assert "resumed from" in second.stdout and "run: iteration 3" in second.stdout
     state = read_checkpoint(tmp_path / "two" / "run" / "last.pt")["train_state"]["state"]
     assert state["iteration"] == 3 and len(pieces) == len(list(run.glob("last.pt.part-*")))
+    with open(run / pieces[-1], "ab") as fh:   # a piece damaged on the way
+        fh.write(b"x")
+    third = _job("--packs", tmp_path / "packs", "--resume", run, "--out", tmp_path / "three", "--", *train)
+    assert third.returncode == 2 and "do not match its SHA256SUMS" in third.stdout   # job.log takes both streams
 
 
 def test_gpu_job_refuses_what_it_sets_itself(tmp_path):
