@@ -13,6 +13,10 @@ Quantization modes:
   int8_io   full-integer int8 with int8 input/output tensors
   int16x8   int16 activations, int8 weights, float32 input/output (the two depth-to-space
             ops, which have no 16x8 kernel, stay float)
+--qat CKPT (a checkpoint from `core/train.py --qat`): the int8 and int8_io files are built
+from its fine-tuned weights with the int8 ranges it learned (converters/qat_ranges.py)
+instead of a calibration, and named *_int8_qat.tflite; the other modes, the check's
+reference and the manifest's model still come from --weights (the float model).
 In the integer modes PReLU is exported as relu(x) + depthwise1x1(x - relu(x), a)
 (--prelu sub, the default) or depthwise1x1(x, a) + depthwise1x1(relu(x), 1 - a) (--prelu affine):
 the same function, with per-channel slopes, from ops XNNPACK runs in int8.
@@ -31,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from drsan_kit.converters import common
+from drsan_kit.converters import common, qat_ranges
 from drsan_kit.converters.export import PRELU_FORMS, deploy_model, export_onnx
 
 QUANT_MODES = ("fp32", "fp16", "int8", "int8_io", "int16x8")
@@ -131,6 +135,42 @@ def convert_mode(saved_model: Path, mode: str, calib: np.ndarray, verbose: bool)
         return conv.convert()
 
 
+def load_qat(path: str, args):
+    """(fine-tuned model, its learned ranges, the manifest's description) of a --qat checkpoint."""
+    from drsan_kit.core.checkpoint import CheckpointError, load_checkpoint
+    from drsan_kit.edge_runtime.manifest import sha256
+
+    try:
+        model, blob = load_checkpoint(path, args.variant, args.scale)
+    except CheckpointError as exc:
+        raise common.ConversionError(str(exc)) from None
+    qat = blob.get("meta", {}).get("qat")
+    if not qat or not qat.get("ranges"):
+        raise common.ConversionError(f"{path}: not a quantization-aware checkpoint (no int8 ranges in its "
+                                     f"metadata); make one with core/train.py --qat")
+    about = {"checkpoint": str(path), "checkpoint_sha256": sha256(Path(path)),
+             "iterations": qat.get("iterations"), "init_from": qat.get("init_from"),
+             "validation": blob["meta"].get("validation", {}).get("set")}
+    return model, qat["ranges"], about
+
+
+def convert_qat(saved_model: Path, model, ranges: dict, mode: str, crops: np.ndarray, verbose: bool):
+    """int8 TFLite from the fine-tuned model's SavedModel with the learned ranges written in."""
+    import torch
+
+    from drsan_kit.core import qat
+
+    sim = qat.prepare(model)
+    try:
+        qat.load_ranges(sim, ranges)
+    except ValueError as exc:
+        raise common.ConversionError(str(exc)) from None
+    float_sim = qat.recorded_ranges(sim, torch.from_numpy(crops.transpose(0, 3, 1, 2).copy()))
+    with quiet(not verbose):
+        return qat_ranges.qat_quantize(make_converter(saved_model, "int8", crops), crops, float_sim, ranges,
+                                       io_int8=mode == "int8_io")
+
+
 def check_tflite(path: Path, mode: str, crops: np.ndarray, reference: np.ndarray, threads: int) -> dict:
     from drsan_kit.edge_runtime.backends.tflite import TFLiteBackend
 
@@ -157,18 +197,24 @@ def main(argv=None):
                          "steps (default 2; 0 keeps every crop; int16x8 always keeps every crop)")
     ap.add_argument("--prelu", choices=PRELU_FORMS, default="sub",
                     help="how integer modes spell PReLU (default sub; see converters/export.py)")
+    ap.add_argument("--qat", default=None, metavar="CKPT",
+                    help="build int8/int8_io from this quantization-aware checkpoint (core/train.py --qat) with "
+                         "its learned int8 ranges instead of a calibration; written as *_int8_qat.tflite")
     ap.add_argument("--threads", type=int, default=0, help="interpreter threads for the check")
     ap.add_argument("--keep-saved-model", action="store_true", help="keep onnx2tf's SavedModel in --out")
     ap.add_argument("--verbose", action="store_true", help="show onnx2tf and TensorFlow output")
     args = ap.parse_args(argv)
+    if args.qat and args.prelu != "sub":
+        ap.error("--qat needs --prelu sub, the spelling fine-tuning simulates")
     out = common.prepare_out(args.out)
     model, blob, weights = common.load_reference(args)
+    qat_model, qat_ranges_, qat_about = load_qat(args.qat, args) if args.qat else (None, None, None)
     check_images, check_desc = common.sample_images()
     calib_images, calib_desc = common.sample_images(args.calib)
     crops = common.random_crops(check_images, args.tile, args.check_images, seed=common.CHECK_SEED)
     calib_all = common.random_crops(calib_images, args.tile, args.calib_count, seed=common.CALIB_SEED)
     calib, dropped = calib_all, 0
-    if {"int8", "int8_io"} & set(args.quant):
+    if {"int8", "int8_io"} & set(args.quant) and not args.qat:
         calib, dropped = common.drop_outlier_crops(model, calib_all, args.calib_outlier)
     crop_desc = f"random {args.tile[0]}x{args.tile[1]} crops"
 
@@ -188,15 +234,18 @@ def main(argv=None):
         tmp = Path(tmp)
         graphs = {}
 
+        def uses_qat(mode: str) -> bool:
+            return args.qat is not None and mode in ("int8", "int8_io")
+
         def saved_model_for(mode: str) -> Path:
             # Integer modes get PReLU spelled with relu/depthwise-conv/add (see DecomposedPReLU):
             # int16x8 has no PRELU kernel, and int8 PRELU has no XNNPACK kernel.
-            key = "decomposed" if mode in ("int8", "int8_io", "int16x8") else "native"
+            key = "qat" if uses_qat(mode) else "decomposed" if mode in ("int8", "int8_io", "int16x8") else "native"
             if key not in graphs:
                 t0 = time.time()
                 sample = common.random_crops(check_images, args.tile, 4, seed=3)
-                graphs[key] = build_saved_model(model, args.tile, tmp / key, key == "decomposed", sample, args.verbose,
-                                                args.prelu)
+                graphs[key] = build_saved_model(qat_model if key == "qat" else model, args.tile, tmp / key,
+                                                key != "native", sample, args.verbose, args.prelu)
                 print(f"  onnx2tf ({key} PReLU): SavedModel in {time.time() - t0:.0f} s")
             return graphs[key]
 
@@ -204,13 +253,23 @@ def main(argv=None):
             saved = saved_model_for(mode)
             mode_calib, mode_calib_desc = calibration_for(mode)
             t0 = time.time()
+            qat_summary = None
             try:
-                blob_bytes = convert_mode(saved, mode, mode_calib, args.verbose)
+                if uses_qat(mode):
+                    blob_bytes, qat_summary = convert_qat(saved, qat_model, qat_ranges_, mode, calib_all, args.verbose)
+                else:
+                    blob_bytes = convert_mode(saved, mode, mode_calib, args.verbose)
+            except common.ConversionError:
+                raise
             except Exception as exc:   # TensorFlow raises many kinds; one line is enough for the user
                 raise common.ConversionError(f"TFLite {mode} conversion failed: {str(exc).splitlines()[0][:300]}")
-            staged = tmp / f"{stem}_{mode}.tflite"
+            staged = tmp / f"{stem}_{mode}{'_qat' if qat_summary else ''}.tflite"
             staged.write_bytes(blob_bytes)
-            print(f"  {mode}: converted in {time.time() - t0:.0f} s, {len(blob_bytes) / 1e6:.2f} MB")
+            print(f"  {mode}{' (QAT ranges)' if qat_summary else ''}: converted in {time.time() - t0:.0f} s, "
+                  f"{len(blob_bytes) / 1e6:.2f} MB")
+            if qat_summary:
+                print(f"    {qat_summary['tensors_with_learned_range']} tensors took a learned range, "
+                      f"{qat_summary['tensors_calibrated']} kept the calibrated one (slices, sigmoid outputs)")
             check = check_tflite(staged, mode, crops, reference, args.threads)
             check["images_from"] = check_desc
             final = out / staged.name
@@ -218,7 +277,9 @@ def main(argv=None):
             records.append(common.artifact_record(
                 final, "tflite", mode, args.tile, False, check,
                 io="int8" if mode == "int8_io" else "float32",
-                calibration=mode_calib_desc if mode.startswith("int") else None,
+                calibration=(None if qat_summary else mode_calib_desc) if mode.startswith("int") else None,
+                quantization=("qat" if qat_summary else "ptq") if mode.startswith("int") else None,
+                **({"qat": qat_about | {"ranges": qat_summary}} if qat_summary else {}),
                 prelu=args.prelu if mode.startswith("int") else "native",
                 converter="onnx2tf (TensorFlow SavedModel) + tf.lite.TFLiteConverter",
                 tools=common.tool_versions("torch", "onnx", "onnx2tf", "tensorflow", "ai-edge-litert")))

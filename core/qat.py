@@ -92,10 +92,38 @@ class ActQuant(nn.Module):
             self.hi.lerp_(hi, self.momentum)
 
 
+class TiedQuant(nn.Module):
+    """A tensor that must share another's int8 range: TFLite's CONCATENATION stores every
+    input on its output's grid, so each input of a concatenation is rounded to that range.
+    Until the owner has seen data (the first batch) the tensor passes through in float."""
+
+    def __init__(self, owner: ActQuant):
+        super().__init__()
+        self.__dict__["owner"] = owner   # not a submodule: the owner's buffers are saved once
+        self.mode = "quantize"
+        self.record = None
+
+    def forward(self, x):
+        if self.mode == "record":
+            lo, hi = float(x.detach().amin()), float(x.detach().amax())
+            self.record = (lo, hi) if self.record is None else (min(lo, self.record[0]), max(hi, self.record[1]))
+            return x
+        if self.mode == "off" or not bool(self.owner.seen):
+            return x
+        scale, zero = qparams(float(self.owner.lo), float(self.owner.hi))
+        return torch.fake_quantize_per_tensor_affine(x, scale, zero, QMIN, QMAX)
+
+
 class SigmoidQuant(nn.Module):
     """The sigmoid gate's output on TFLite's fixed int8 grid."""
 
+    def __init__(self):
+        super().__init__()
+        self.mode = "quantize"
+
     def forward(self, x):
+        if self.mode != "quantize":
+            return x
         return torch.fake_quantize_per_tensor_affine(x, SIGMOID_SCALE, SIGMOID_ZERO_POINT, QMIN, QMAX)
 
 
@@ -105,10 +133,12 @@ class QuantConv(nn.Module):
     def __init__(self, conv: nn.Conv2d):
         super().__init__()
         self.conv = conv
+        self.mode = "quantize"
 
     def forward(self, x):
         c = self.conv
-        return F.conv2d(x, quantize_weight(c.weight), c.bias, c.stride, c.padding, c.dilation, c.groups)
+        w = quantize_weight(c.weight) if self.mode == "quantize" else c.weight
+        return F.conv2d(x, w, c.bias, c.stride, c.padding, c.dilation, c.groups)
 
 
 class QuantPReLU(nn.Module):
@@ -188,18 +218,35 @@ def prepare(model) -> torch.fx.GraphModule:
         with gm.graph.inserting_after(node):
             q = gm.graph.call_module(name, (node,))
         node.replace_all_uses_with(q, delete_user_cb=lambda user: user is not q)
+    _tie_concatenation_inputs(gm)
     gm.graph.lint()
     gm.recompile()
     return gm
 
 
+def _tie_concatenation_inputs(gm: torch.fx.GraphModule):
+    modules = dict(gm.named_modules())
+    for node in gm.graph.nodes:
+        if not (node.op == "call_function" and node.target is torch.cat):
+            continue
+        owner = modules[next(iter(node.users)).target]
+        for src in node.args[0]:
+            if src.op == "call_module" and isinstance(modules[src.target], ActQuant):
+                gm.add_submodule(src.target, TiedQuant(owner))
+
+
 def act_quants(gm: nn.Module) -> dict[str, ActQuant]:
+    """The tensors with a range of their own."""
     return {name: m for name, m in gm.named_modules() if isinstance(m, ActQuant)}
 
 
 def set_mode(gm: nn.Module, mode: str):
-    for m in act_quants(gm).values():
-        m.mode, m.record = mode, None
+    """"quantize" (int8 weights and activations), "record" or "off" (float throughout; see ActQuant)."""
+    for m in gm.modules():
+        if isinstance(m, (ActQuant, TiedQuant)):
+            m.mode, m.record = mode, None
+        elif isinstance(m, (QuantConv, SigmoidQuant)):
+            m.mode = mode
 
 
 def freeze_ranges(gm: nn.Module):
@@ -208,19 +255,28 @@ def freeze_ranges(gm: nn.Module):
 
 
 def ranges(gm: nn.Module) -> dict[str, list[float]]:
-    """Every tracked range, by the tensor's name in the simulation: what checkpoints carry."""
-    return {name: [float(m.lo), float(m.hi)] for name, m in act_quants(gm).items() if bool(m.seen)}
+    """Every tracked range, by the tensor's name in the simulation: what checkpoints carry.
+    A concatenation's inputs carry the concatenation's range."""
+    out = {}
+    for name, m in gm.named_modules():
+        owner = m.owner if isinstance(m, TiedQuant) else m if isinstance(m, ActQuant) else None
+        if owner is not None and bool(owner.seen):
+            out[name] = [float(owner.lo), float(owner.hi)]
+    return out
 
 
 def load_ranges(gm: nn.Module, saved: dict[str, list[float]], frozen: bool = True):
     """Set the ranges from a checkpoint's; a name this graph does not have (other code) is an error."""
     quants = act_quants(gm)
-    unknown = sorted(set(saved) - set(quants))
+    tied = {name for name, m in gm.named_modules() if isinstance(m, TiedQuant)}
+    unknown = sorted(set(saved) - set(quants) - tied)
     missing = sorted(set(quants) - set(saved))
     if unknown or missing:
         raise ValueError(f"QAT ranges do not fit this model's graph ({len(unknown)} unknown, "
                          f"{len(missing)} missing, e.g. {(unknown or missing)[0]})")
     for name, (lo, hi) in saved.items():
+        if name in tied:
+            continue   # the owner's range is the one that counts
         m = quants[name]
         m.lo.fill_(lo)
         m.hi.fill_(hi)
@@ -230,14 +286,15 @@ def load_ranges(gm: nn.Module, saved: dict[str, list[float]], frozen: bool = Tru
 
 @torch.no_grad()
 def recorded_ranges(gm: nn.Module, inputs) -> dict[str, tuple[float, float]]:
-    """Float min/max of every simulated int8 tensor over `inputs` (N, 3, H, W), without rounding."""
+    """Float min/max of every simulated int8 tensor over `inputs` (N, 3, H, W): the float model's,
+    with no rounding of weights or activations, as TFLite's calibration sees it."""
     was_training = gm.training
     gm.eval()
     set_mode(gm, "record")
     try:
         for x in inputs:
             gm(x[None] if x.dim() == 3 else x)
-        return {name: m.record for name, m in act_quants(gm).items()}
+        return {name: m.record for name, m in gm.named_modules() if isinstance(m, (ActQuant, TiedQuant))}
     finally:
         set_mode(gm, "quantize")
         gm.train(was_training)
