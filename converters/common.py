@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from drsan_kit.core.variants import SCALES, VARIANTS
+from drsan_kit.edge_runtime.contract import DEFAULT_TILE, argtype, format_tile, parse_artifact_tile
 from drsan_kit.edge_runtime.manifest import sha256, update_manifest
 from drsan_kit.edge_runtime.tiler import pad_to
 
-DEFAULT_TILE = (192, 336)   # LR (h, w): a 1280x720 frame is 4x4 windows with 8-px margins
 DEFAULT_OUT = Path("artifacts")
 
 # PSNR(artifact, FP32 PyTorch) in dB on RGB [0, 1], and max abs error, that a check must meet.
@@ -36,23 +36,13 @@ def fail(msg: str, code: int = 2):
     sys.exit(code)
 
 
-def parse_tile(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"tile must look like HxW, e.g. 192x336, not {text!r}") from None
-    if h < 8 or w < 8:
-        raise argparse.ArgumentTypeError(f"tile {text} is too small; use at least 8x8 LR pixels")
-    return h, w
-
-
 def add_model_args(ap: argparse.ArgumentParser):
     ap.add_argument("--variant", default="32s", choices=list(VARIANTS), help="model variant (default 32s)")
     ap.add_argument("--scale", type=int, default=4, choices=SCALES, help="upscaling factor (default 4)")
     ap.add_argument("--weights", default=None,
                     help="checkpoint to convert (default: the shipped weights/drsan_<variant>_x<scale>.pt)")
-    ap.add_argument("--tile", type=parse_tile, default=DEFAULT_TILE,
-                    help=f"fixed LR input shape HxW of the artifact (default {DEFAULT_TILE[0]}x{DEFAULT_TILE[1]})")
+    ap.add_argument("--tile", type=argtype(parse_artifact_tile), default=DEFAULT_TILE,
+                    help=f"fixed LR input shape HxW of the artifact (default {format_tile(DEFAULT_TILE)})")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default ./artifacts)")
     ap.add_argument("--check-images", type=int, default=4, help="image crops used by the artifact check (default 4)")
 

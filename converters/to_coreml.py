@@ -24,12 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from drsan_kit.converters import common
+from drsan_kit.edge_runtime.contract import argtype, parse_artifact_tile, parse_tiles
 
 LICENSE = "MIT (code and weights of drsan-edge-kit)"
-
-
-def parse_tiles(text: str) -> list[tuple[int, int]]:
-    return [common.parse_tile(t) for t in text.split(",") if t.strip()]
 
 
 def convert(model, tiles: list[tuple[int, int]], precision: str):
@@ -127,7 +124,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description="Convert DRSAN to a CoreML ML Program (.mlpackage), checked "
                                              "against PyTorch (by prediction on macOS, by FP16 emulation elsewhere).")
     common.add_model_args(ap)
-    ap.add_argument("--extra-tiles", type=parse_tiles, default=[(128, 128), (256, 256)],
+    ap.add_argument("--extra-tiles", type=argtype(lambda t: parse_tiles(t, parse_artifact_tile)),
+                    default=[(128, 128), (256, 256)],
                     help="more input shapes HxW,HxW the model accepts besides --tile (default 128x128,256x256; "
                          "'' for the fixed tile only)")
     ap.add_argument("--precision", choices=["fp16", "fp32"], default="fp16", help="compute precision (default fp16)")

@@ -21,6 +21,7 @@ import numpy as np
 
 from drsan_kit.core.variants import SCALES, VARIANTS
 from drsan_kit.edge_runtime.backends import open_backend
+from drsan_kit.edge_runtime.contract import DEFAULT_MARGIN, DEFAULT_TILE, argtype, format_tile, parse_tile
 from drsan_kit.edge_runtime.manifest import read_manifest
 from drsan_kit.edge_runtime.upscaler import Upscaler, time_frames
 from drsan_kit.edge_runtime.verify import ArtifactError, verify_artifact
@@ -55,8 +56,10 @@ def main(argv=None):
     ap.add_argument("--weights", default=None, help="checkpoint for the PyTorch reference (default: shipped)")
     ap.add_argument("--artifacts", type=Path, default=None, help="folder of artifacts with manifest.json")
     ap.add_argument("--frame", default="1280x720", help="input frame size WxH (default 1280x720)")
-    ap.add_argument("--tile", default="192x336", help="window HxW for shape-flexible backends (default 192x336)")
-    ap.add_argument("--margin", type=int, default=8, help="tile context margin (default 8)")
+    ap.add_argument("--tile", type=argtype(parse_tile), default=DEFAULT_TILE,
+                    help=f"window HxW for shape-flexible backends (default {format_tile(DEFAULT_TILE)})")
+    ap.add_argument("--margin", type=int, default=DEFAULT_MARGIN,
+                    help=f"tile context margin (default {DEFAULT_MARGIN})")
     ap.add_argument("--runs", type=int, default=3, help="timed runs after one warm-up (default 3)")
     ap.add_argument("--threads", type=int, default=0, help="threads for every backend (default: all cores)")
     ap.add_argument("--slow", type=float, default=60.0, metavar="SECONDS",
@@ -83,7 +86,7 @@ def main(argv=None):
         return 2
     threads = args.threads or os.cpu_count()
     frame = test_frame(args.frame)
-    tile = tuple(int(v) for v in args.tile.split("x"))
+    tile = args.tile
     rows = []
 
     def bench(label, backend, tile_hw, note=""):

@@ -24,6 +24,8 @@ from tqdm import tqdm
 from drsan_kit.core.images import (IMAGE_EXTENSIONS, ImageError, frame_count, holds_frames, load_frames,
                                    load_image, missing_reader, save_animation, save_image)
 from drsan_kit.edge_runtime.backends import BackendError, open_backend
+from drsan_kit.edge_runtime.contract import (DEFAULT_MARGIN, DEFAULT_TILE, WHOLE_FRAME, argtype, format_tile,
+                                             parse_window, window_tile)
 from drsan_kit.edge_runtime.manifest import artifact_entry
 from drsan_kit.edge_runtime.upscaler import Upscaler, time_frames
 from drsan_kit.edge_runtime.verify import verify_artifact
@@ -41,18 +43,6 @@ class Job:
     explicit_tile: bool   # --tile HxW given: a window larger than the frame is the user's mistake, not ours
 
 
-def parse_tile(text: str):
-    if text in ("0", "full"):
-        return 0
-    try:
-        h, w = (int(v) for v in text.lower().split("x")) if "x" in text.lower() else (int(text),) * 2
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--tile takes HxW, a single size, or 0 (whole frame), not {text!r}") from None
-    if h <= 0 or w <= 0:
-        raise argparse.ArgumentTypeError("--tile sizes must be positive")
-    return h, w
-
-
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(
         description="Super-resolve images, folders of images and videos with a DRSAN model, tile by tile.",
@@ -67,12 +57,14 @@ def parse_args(argv=None):
     ap.add_argument("--scale", type=int, default=None,
                     help="upscaling factor; read from the model or its manifest when omitted (--torch: default 4)")
     ap.add_argument("--weights", default=None, help="--torch: checkpoint (default: the shipped one)")
-    ap.add_argument("--tile", type=parse_tile, default=None,
+    ap.add_argument("--tile", type=argtype(parse_window), default=None,
                     help="LR window HxW, or 0 for the whole frame at once: for shape-flexible models (ONNX dynamic, "
-                         "torch; default 192x336) and TFLite models (resizable; default: the model's own tile). "
+                         f"torch; default {format_tile(DEFAULT_TILE)}) and TFLite models (resizable; default: the "
+                         "model's own tile). "
                          "By default a frame smaller than the window runs whole. Fixed-shape ONNX and CoreML "
                          "models always use their own input shape")
-    ap.add_argument("--margin", type=int, default=8, help="context pixels around each window, cropped away (default 8)")
+    ap.add_argument("--margin", type=int, default=DEFAULT_MARGIN,
+                    help=f"context pixels around each window, cropped away (default {DEFAULT_MARGIN})")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads for the interpreter (default: its own choice)")
     ap.add_argument("--out", type=Path, default=Path("results"),
                     help="output folder, or output file for a single input (default ./results)")
@@ -233,8 +225,8 @@ def main(argv=None) -> int:
         desc = f"x{backend.scale}, input {backend.input_hw or 'dynamic'} (no manifest beside the model)"
     if args.tile is not None and getattr(backend, "resizable", False):
         backend.take_any_window()
-        desc += f"; --tile {'whole frame' if args.tile == 0 else '%dx%d' % args.tile}"
-    tile = None if args.tile == 0 else (args.tile or (192, 336))
+        desc += f"; --tile {'whole frame' if args.tile == WHOLE_FRAME else format_tile(args.tile)}"
+    tile = DEFAULT_TILE if args.tile is None else window_tile(args.tile)
     try:
         up = Upscaler(backend, tile=tile, margin=args.margin)
     except ValueError as exc:
@@ -250,7 +242,7 @@ def main(argv=None) -> int:
     print(f"running {backend.name}: {desc}", file=sys.stderr)
     inputs = {src.resolve() for src, _ in items if src.exists()}
     single = len(items) == 1 and not Path(args.inputs[0]).is_dir()
-    job = Job(up, bars=not args.quiet and sys.stderr.isatty(), explicit_tile=args.tile not in (None, 0))
+    job = Job(up, bars=not args.quiet and sys.stderr.isatty(), explicit_tile=window_tile(args.tile) is not None)
     done, failed, all_ms, total_mp = 0, 0, [], 0.0
     t_start = time.perf_counter()
     for src, rel in tqdm(items, desc="files", unit="file", disable=not job.bars or len(items) < 2):

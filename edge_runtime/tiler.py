@@ -21,6 +21,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from drsan_kit.edge_runtime.contract import DEFAULT_MARGIN
+
 TileFn = Callable[[np.ndarray], np.ndarray]   # (h, w, 3) float32 -> (h*s, w*s, 3) float32
 
 
@@ -62,7 +64,8 @@ def pad_to(img: np.ndarray, height: int, width: int) -> np.ndarray:
 class Tiler:
     """Run `fn` over a frame in windows of `tile` = (h, w) LR pixels; tile None runs the frame whole."""
 
-    def __init__(self, scale: int, tile: tuple[int, int] | None, margin: int = 16, pad_small: bool = True):
+    def __init__(self, scale: int, tile: tuple[int, int] | None, margin: int = DEFAULT_MARGIN,
+                 pad_small: bool = True):
         self.scale, self.tile, self.margin, self.pad_small = scale, tile, margin, pad_small
         if tile is not None:
             for t in tile:

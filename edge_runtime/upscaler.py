@@ -12,6 +12,7 @@ import numpy as np
 
 from drsan_kit.core.images import LoadedImage
 from drsan_kit.core.imresize import imresize
+from drsan_kit.edge_runtime.contract import DEFAULT_MARGIN
 from drsan_kit.edge_runtime.tiler import Tiler
 
 
@@ -19,7 +20,7 @@ COEFF_MODES = ("tile", "frame", "downscaled")
 
 
 class Upscaler:
-    def __init__(self, backend, tile: tuple[int, int] | None = None, margin: int = 8, coeffs: str = "tile",
+    def __init__(self, backend, tile: tuple[int, int] | None = None, margin: int = DEFAULT_MARGIN, coeffs: str = "tile",
                  pad_to_tile: bool | None = None):
         """tile: the window for shape-flexible backends (None: whole frame); fixed-shape models use their own.
 

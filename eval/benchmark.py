@@ -20,6 +20,7 @@ from drsan_kit.core.datasets import BENCHMARKS_ENV, BenchmarkDataError, Pair, be
 from drsan_kit.core.imresize import imresize
 from drsan_kit.core.metrics import CONVENTIONS, psnr_y, ssim_y
 from drsan_kit.core.variants import PAPER_RESULTS, SCALES, VARIANTS
+from drsan_kit.edge_runtime.contract import DEFAULT_MARGIN, WHOLE_FRAME, argtype, parse_window, window_tile
 from drsan_kit.eval import provenance
 
 DATA_HELP = f"folder of benchmark sets, SET/HR/*.png (default: ${BENCHMARKS_ENV})"
@@ -50,7 +51,10 @@ def parse_args(argv=None):
     ap.add_argument("--scale", type=int, default=4, choices=SCALES, help="upscaling factor (default 4)")
     ap.add_argument("--weights", default=None, help="checkpoint (default: the shipped weights/drsan_<variant>_x<scale>.pt)")
     ap.add_argument("--data", default=None, help=DATA_HELP)
-    ap.add_argument("--tile", type=int, default=0, help="run in tiles of this many LR pixels (0: whole image, as the paper)")
+    ap.add_argument("--tile", type=argtype(parse_window), default=WHOLE_FRAME,
+                    help="run in LR windows HxW, or N for NxN (default 0: whole image, as the paper)")
+    ap.add_argument("--margin", type=int, default=DEFAULT_MARGIN,
+                    help=f"tile context margin, as in the runtime (default {DEFAULT_MARGIN})")
     ap.add_argument("--convention", choices=CONVENTIONS, default="authors",
                     help="Y convention: authors (float Y, the paper's DRSAN numbers) or matlab (rounded Y)")
     ap.add_argument("--no-bicubic", action="store_true", help="skip computing the bicubic floor")
@@ -69,11 +73,13 @@ def main(argv=None):
         backend = open_backend("torch", args.weights, variant=args.variant, scale=args.scale)
     except CheckpointError as exc:
         sys.exit(f"error: {exc}")
-    tiler = Tiler(args.scale, (args.tile, args.tile) if args.tile else None)
+    tile = window_tile(args.tile)
+    tiler = Tiler(args.scale, tile, margin=args.margin)
     paper = PAPER_RESULTS.get((args.variant, args.scale), {})
     report = {"provenance": provenance.header(), "variant": args.variant, "scale": args.scale,
               "weights": provenance.relative(backend.weights), "data": provenance.relative(data),
-              "convention": args.convention, "tile": args.tile or None, "device": backend.name, "sets": {}}
+              "convention": args.convention, "tile": list(tile) if tile else None,
+              "margin": args.margin if tile else None, "device": backend.name, "sets": {}}
     for set_dir in find_sets(data):
         pairs = load_pairs(set_dir, args.scale)
         scores = []

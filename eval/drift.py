@@ -29,6 +29,7 @@ from tqdm import tqdm
 from drsan_kit.core.datasets import find_sets, load_pairs
 from drsan_kit.core.metrics import CONVENTIONS, psnr, psnr_y, rgb_to_y, ssim_y
 from drsan_kit.core.variants import SCALES, VARIANTS
+from drsan_kit.edge_runtime.contract import DEFAULT_MARGIN, argtype, parse_window, window_tile
 from drsan_kit.edge_runtime.manifest import read_manifest
 from drsan_kit.edge_runtime.upscaler import Upscaler
 from drsan_kit.eval import provenance
@@ -192,10 +193,11 @@ def parse_args(argv=None):
     ap.add_argument("--artifacts", type=Path, required=True, help="folder of artifacts (with manifest.json)")
     ap.add_argument("--data", default=None, help=DATA_HELP)
     ap.add_argument("--sets", default=None, help="comma-separated subset of sets, e.g. Set5,Set14")
-    ap.add_argument("--tile", type=lambda t: tuple(int(v) for v in t.split("x")), default=None,
-                    help="window HxW for dynamic-shape artifacts (default: whole image)")
+    ap.add_argument("--tile", type=argtype(lambda t: window_tile(parse_window(t))), default=None,
+                    help="window HxW for dynamic-shape artifacts (default, or 0: whole image)")
     ap.add_argument("--exclude", default="", help="comma-separated precisions to leave out, e.g. int16x8")
-    ap.add_argument("--margin", type=int, default=8, help="tile context margin, as in the runtime (default 8)")
+    ap.add_argument("--margin", type=int, default=DEFAULT_MARGIN,
+                    help=f"tile context margin, as in the runtime (default {DEFAULT_MARGIN})")
     ap.add_argument("--convention", choices=CONVENTIONS, default="authors", help="Y convention (default authors)")
     ap.add_argument("--threads", type=int, default=0, help="interpreter threads")
     ap.add_argument("--out", type=Path, default=Path("reports/drift"), help="report folder (default reports/drift)")

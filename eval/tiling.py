@@ -22,18 +22,11 @@ from drsan_kit.core.datasets import Pair, find_sets, load_pairs
 from drsan_kit.core.metrics import psnr, psnr_y
 from drsan_kit.core.variants import SCALES, VARIANTS
 from drsan_kit.edge_runtime.backends import open_backend
+from drsan_kit.edge_runtime.contract import DEFAULT_MARGIN, DEFAULT_TILE, argtype, format_tile, parse_tiles
 from drsan_kit.edge_runtime.upscaler import COEFF_MODES, Upscaler
 from drsan_kit.edge_runtime.bench import test_frame
 from drsan_kit.eval import provenance
 from drsan_kit.eval.benchmark import DATA_HELP, data_dir_or_exit
-
-
-def parse_tiles(text: str):
-    out = []
-    for t in text.split(","):
-        h, w = (int(v) for v in t.split("x")) if "x" in t else (int(t), int(t))
-        out.append((h, w))
-    return out
 
 
 def main(argv=None):
@@ -43,8 +36,10 @@ def main(argv=None):
     ap.add_argument("--weights", default=None, help="checkpoint (default: shipped)")
     ap.add_argument("--data", default=None, help=DATA_HELP)
     ap.add_argument("--sets", default="Set5,Set14,B100")
-    ap.add_argument("--tiles", type=parse_tiles, default=parse_tiles("48,96,192x336"))
-    ap.add_argument("--margin", type=int, default=8)
+    ap.add_argument("--tiles", type=argtype(parse_tiles), default=[(48, 48), (96, 96), DEFAULT_TILE],
+                    help=f"comma-separated windows HxW or N (default 48,96,{format_tile(DEFAULT_TILE)})")
+    ap.add_argument("--margin", type=int, default=DEFAULT_MARGIN,
+                    help=f"tile context margin, as in the runtime (default {DEFAULT_MARGIN})")
     ap.add_argument("--modes", default=",".join(COEFF_MODES), help="coefficient sources to compare")
     ap.add_argument("--frames", type=int, default=2, help="1280x720 photo frames to add (fidelity only)")
     ap.add_argument("--pad", action="store_true",
