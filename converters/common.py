@@ -12,19 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from drsan_kit.core.variants import SCALES, VARIANTS
+from drsan_kit.edge_runtime import contract
 from drsan_kit.edge_runtime.contract import DEFAULT_TILE, argtype, format_tile, parse_artifact_tile
 from drsan_kit.edge_runtime.manifest import sha256, update_manifest
 from drsan_kit.edge_runtime.tiler import pad_to
 
 DEFAULT_OUT = Path("artifacts")
-
-# PSNR(artifact, FP32 PyTorch) in dB on RGB [0, 1], and max abs error, that a check must meet.
-TOLERANCE = {
-    "fp32": {"min_psnr": 60.0, "max_abs": 2e-3},
-    "fp16": {"min_psnr": 42.0, "max_abs": 0.05},
-    "int16x8": {"min_psnr": 38.0, "max_abs": 0.1},
-    "int8": {"min_psnr": 28.0, "max_abs": 0.5},
-}
 
 
 class ConversionError(RuntimeError):
@@ -175,7 +168,9 @@ def compare(outputs: np.ndarray, reference: np.ndarray) -> dict:
 
 
 def enforce(check: dict, precision: str, label: str) -> dict:
-    tol = TOLERANCE[precision]
+    """Hold a check to its precision's tolerance (contract.TOLERANCES); ConversionError when it is missed."""
+    level = contract.precision(precision).check
+    tol = contract.TOLERANCES[level].as_dict()
     ok = check["psnr_vs_reference_db"] >= tol["min_psnr"] and check["max_abs_error"] <= tol["max_abs"]
     check.update({"tolerance": tol, "passed": bool(ok)})
     print(f"  check {label}: PSNR vs FP32 PyTorch {check['psnr_vs_reference_db']:.2f} dB (worst of {check['images']}), "
@@ -187,7 +182,7 @@ def enforce(check: dict, precision: str, label: str) -> dict:
             why.append(f"{check['psnr_vs_reference_db']:.2f} dB < {tol['min_psnr']} dB")
         if check["max_abs_error"] > tol["max_abs"]:
             why.append(f"max abs error {check['max_abs_error']:.4f} > {tol['max_abs']}")
-        raise ConversionError(f"{label} is outside the {precision} tolerance ({', '.join(why)})")
+        raise ConversionError(f"{label} is outside the {level} tolerance ({', '.join(why)})")
     return check
 
 

@@ -37,17 +37,15 @@ import numpy as np
 
 from drsan_kit.converters import common, qat_ranges
 from drsan_kit.converters.export import PRELU_FORMS, deploy_model, export_onnx
-
-QUANT_MODES = ("fp32", "fp16", "int8", "int8_io", "int16x8")
-CHECK_PRECISION = {"fp32": "fp32", "fp16": "fp16", "int8": "int8", "int8_io": "int8", "int16x8": "int16x8"}
+from drsan_kit.edge_runtime.contract import PRECISIONS, PTQ, QAT, TFLITE_MODES
 
 
 def parse_quant(text: str) -> list[str]:
-    modes = list(QUANT_MODES) if text == "all" else [m.strip() for m in text.split(",") if m.strip()]
-    bad = [m for m in modes if m not in QUANT_MODES]
+    modes = list(TFLITE_MODES) if text == "all" else [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in modes if m not in TFLITE_MODES]
     if bad or not modes:
         raise argparse.ArgumentTypeError(f"unknown quantization {','.join(bad) or text!r}; "
-                                         f"choose from {', '.join(QUANT_MODES)} or all")
+                                         f"choose from {', '.join(TFLITE_MODES)} or all")
     return modes
 
 
@@ -106,24 +104,25 @@ def make_converter(saved_model: Path, mode: str, calib: np.ndarray):
     from tqdm import tqdm
 
     conv = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
-    if mode == "fp16":
+    spec = PRECISIONS[mode]
+    if spec.weights == "float16":
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.target_spec.supported_types = [tf.float16]
-    elif mode in ("int8", "int8_io", "int16x8"):
+    elif spec.integer:
         def representative():
             for x in tqdm(calib, desc=f"calibrating {mode}", leave=False, disable=None):
                 yield [x[None]]
 
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.representative_dataset = representative
-        if mode == "int16x8":
+        if spec.activations == "int16":
             # DEPTH_TO_SPACE has no 16x8 kernel: the two upsampler shuffles stay float.
             conv.target_spec.supported_ops = [
                 tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8,
                 tf.lite.OpsSet.TFLITE_BUILTINS]
         else:
             conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        if mode == "int8_io":
+        if spec.io == "int8":
             conv.inference_input_type = tf.int8
             conv.inference_output_type = tf.int8
     return conv
@@ -176,7 +175,7 @@ def check_tflite(path: Path, mode: str, crops: np.ndarray, reference: np.ndarray
 
     backend = TFLiteBackend(path, threads=threads)
     outputs = np.stack([backend(c) for c in crops])
-    return common.enforce(common.compare(outputs, reference), CHECK_PRECISION[mode], path.name)
+    return common.enforce(common.compare(outputs, reference), mode, path.name)
 
 
 def main(argv=None):
@@ -184,7 +183,7 @@ def main(argv=None):
         description="Convert DRSAN to TFLite (via ONNX and onnx2tf) in fp32, fp16, int8 and int16x8, "
                     "each checked with the TFLite interpreter against PyTorch.")
     common.add_model_args(ap)
-    ap.add_argument("--quant", type=parse_quant, default=list(QUANT_MODES),
+    ap.add_argument("--quant", type=parse_quant, default=list(TFLITE_MODES),
                     help="comma-separated: fp32,fp16,int8,int8_io,int16x8, or all (default all)")
     ap.add_argument("--calib", default=None,
                     help="folder of images for int8/int16 calibration, random crops at the tile size "
@@ -214,13 +213,13 @@ def main(argv=None):
     crops = common.random_crops(check_images, args.tile, args.check_images, seed=common.CHECK_SEED)
     calib_all = common.random_crops(calib_images, args.tile, args.calib_count, seed=common.CALIB_SEED)
     calib, dropped = calib_all, 0
-    if {"int8", "int8_io"} & set(args.quant) and not args.qat:
+    if any(PRECISIONS[m].calibration == "drop-outliers" for m in args.quant) and not args.qat:
         calib, dropped = common.drop_outlier_crops(model, calib_all, args.calib_outlier)
     crop_desc = f"random {args.tile[0]}x{args.tile[1]} crops"
 
     def calibration_for(mode: str) -> tuple[np.ndarray, str]:
         # The outlier rule is for int8's 256 levels; int16x8 has the resolution to keep every crop's range.
-        if mode == "int16x8":
+        if PRECISIONS[mode].calibration == "every-crop":
             return calib_all, f"{calib_desc} ({len(calib_all)} {crop_desc})"
         return calib, f"{calib_desc} ({len(calib)} {crop_desc}, {dropped} outliers left out)"
     if dropped:
@@ -235,12 +234,12 @@ def main(argv=None):
         graphs = {}
 
         def uses_qat(mode: str) -> bool:
-            return args.qat is not None and mode in ("int8", "int8_io")
+            return args.qat is not None and QAT in PRECISIONS[mode].quantization
 
         def saved_model_for(mode: str) -> Path:
             # Integer modes get PReLU spelled with relu/depthwise-conv/add (see DecomposedPReLU):
             # int16x8 has no PRELU kernel, and int8 PRELU has no XNNPACK kernel.
-            key = "qat" if uses_qat(mode) else "decomposed" if mode in ("int8", "int8_io", "int16x8") else "native"
+            key = "qat" if uses_qat(mode) else PRECISIONS[mode].prelu
             if key not in graphs:
                 t0 = time.time()
                 sample = common.random_crops(check_images, args.tile, 4, seed=3)
@@ -274,13 +273,13 @@ def main(argv=None):
             check["images_from"] = check_desc
             final = out / staged.name
             shutil.move(staged, final)   # only checked files reach --out
+            spec = PRECISIONS[mode]
             records.append(common.artifact_record(
-                final, "tflite", mode, args.tile, False, check,
-                io="int8" if mode == "int8_io" else "float32",
-                calibration=(None if qat_summary else mode_calib_desc) if mode.startswith("int") else None,
-                quantization=("qat" if qat_summary else "ptq") if mode.startswith("int") else None,
+                final, "tflite", mode, args.tile, False, check, io=spec.io,
+                calibration=(None if qat_summary else mode_calib_desc) if spec.integer else None,
+                quantization=(QAT if qat_summary else PTQ) if spec.integer else None,
                 **({"qat": qat_about | {"ranges": qat_summary}} if qat_summary else {}),
-                prelu=args.prelu if mode.startswith("int") else "native",
+                prelu=args.prelu if spec.integer else "native",
                 converter="onnx2tf (TensorFlow SavedModel) + tf.lite.TFLiteConverter",
                 tools=common.tool_versions("torch", "onnx", "onnx2tf", "tensorflow", "ai-edge-litert")))
             # Described as soon as it lands: a later mode's failure leaves a consistent folder.

@@ -1,4 +1,5 @@
-"""What converters, the runtime and eval agree on, defined once: the tile spec.
+"""What converters, the runtime and eval agree on, defined once: the tile spec and the
+precisions (with their quantization modes and check tolerances).
 
 Plain Python (argparse only, no numpy, no torch), so that any part of the kit, and the
 device path in particular, can read it. It lives in edge_runtime because that is the
@@ -10,6 +11,7 @@ on command lines, in file names and in CoreML metadata; manifests store [h, w] l
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from typing import Callable, TypeVar
 
 DEFAULT_TILE = (192, 336)   # LR (h, w): a 1280x720 frame is 4x4 windows with 8-px margins
@@ -73,3 +75,72 @@ def argtype(parse: Callable[[str], T]) -> Callable[[str], T]:
             raise argparse.ArgumentTypeError(str(exc)) from None
     wrapped.__name__ = parse.__name__
     return wrapped
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """What a converter's check demands of an artifact against the FP32 PyTorch model on the same crops:
+    worst-crop PSNR (dB, RGB in [0, 1]) at least min_psnr and max abs error at most max_abs."""
+    min_psnr: float
+    max_abs: float
+
+    def as_dict(self) -> dict:
+        return {"min_psnr": self.min_psnr, "max_abs": self.max_abs}
+
+
+TOLERANCES = {
+    "fp32": Tolerance(60.0, 2e-3),
+    "fp16": Tolerance(42.0, 0.05),
+    "int16x8": Tolerance(38.0, 0.1),
+    "int8": Tolerance(28.0, 0.5),
+}
+
+# How an integer model got its activation ranges: "ptq" calibrates on sample crops after training,
+# "qat" takes the ranges a quantization-aware checkpoint learned (core/train.py --qat).
+PTQ, QAT = "ptq", "qat"
+
+
+@dataclass(frozen=True)
+class Precision:
+    """One precision as the converters build it, the manifest names it and the check judges it."""
+    name: str                 # in file names and in the manifest's "precision"
+    formats: tuple[str, ...]  # the artifact formats built in it
+    integer: bool             # integer activations, so ranges come from calibration or QAT
+    activations: str          # "float", "int8" or "int16"
+    io: str                   # dtype of the model's input and output tensors
+    weights: str              # dtype the weights are stored in
+    prelu: str                # "native" PReLU op, or "decomposed" into ops with integer kernels (export.py)
+    calibration: str          # "none", "drop-outliers" (int8's 256 levels) or "every-crop" (int16 keeps all)
+    quantization: tuple[str, ...]   # where integer ranges may come from (PTQ, QAT); () for float models
+    check: str                # key into TOLERANCES
+
+    @property
+    def tolerance(self) -> Tolerance:
+        return TOLERANCES[self.check]
+
+
+def _float(name, formats, weights, check):
+    return Precision(name, formats, False, "float", "float32", weights, "native", "none", (), check)
+
+
+def _integer(name, activations, io, calibration, quantization, check):
+    return Precision(name, ("tflite",), True, activations, io, "int8", "decomposed", calibration, quantization, check)
+
+
+PRECISIONS = {p.name: p for p in (
+    _float("fp32", ("onnx", "tflite", "coreml"), "float32", "fp32"),
+    _float("fp16", ("tflite", "coreml"), "float16", "fp16"),
+    _float("fp32_w8", ("coreml",), "int8", "fp32"),   # CoreML compute precision + int8-compressed weights
+    _float("fp16_w8", ("coreml",), "int8", "fp16"),
+    _integer("int8", "int8", "float32", "drop-outliers", (PTQ, QAT), "int8"),
+    _integer("int8_io", "int8", "int8", "drop-outliers", (PTQ, QAT), "int8"),
+    _integer("int16x8", "int16", "float32", "every-crop", (PTQ,), "int16x8"),
+)}
+TFLITE_MODES = tuple(name for name, p in PRECISIONS.items() if "tflite" in p.formats)
+
+
+def precision(name: str) -> Precision:
+    try:
+        return PRECISIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown precision {name!r}; known: {', '.join(PRECISIONS)}") from None

@@ -61,3 +61,34 @@ def test_every_tiler_default_is_the_contract_margin():
 def test_bad_tile_is_a_one_line_usage_error(script, tmp_path):
     proc = run_tool(script, "--tile", "abc", "--artifacts", tmp_path, "x.png", check=False)
     assert proc.returncode == 2 and "HxW" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_precision_table_knows_every_tflite_mode_and_its_sources():
+    from drsan_kit.converters.to_tflite import parse_quant
+    from drsan_kit.edge_runtime.contract import PRECISIONS, PTQ, QAT, TFLITE_MODES, precision
+
+    assert parse_quant("all") == list(TFLITE_MODES) == ["fp32", "fp16", "int8", "int8_io", "int16x8"]
+    assert {m for m in TFLITE_MODES if QAT in precision(m).quantization} == {"int8", "int8_io"}
+    assert all(PTQ in p.quantization for p in PRECISIONS.values() if p.integer)
+    assert [m for m in TFLITE_MODES if precision(m).io == "int8"] == ["int8_io"]
+    assert all(p.prelu == ("decomposed" if p.integer else "native") for p in PRECISIONS.values())
+    with pytest.raises(ValueError, match="unknown precision"):
+        precision("int4")
+    with pytest.raises(argparse.ArgumentTypeError, match="int4"):
+        parse_quant("fp32,int4")
+
+
+@pytest.mark.parametrize("name,level", [("int8_io", "int8"), ("fp16_w8", "fp16"), ("int16x8", "int16x8")])
+def test_checks_use_the_tolerance_of_their_precision(name, level):
+    import numpy as np
+
+    from drsan_kit.converters import common
+    from drsan_kit.edge_runtime.contract import TOLERANCES
+
+    ref = np.random.default_rng(0).random((2, 8, 8, 3), dtype=np.float32)
+    tol = TOLERANCES[level]
+    small = min(tol.max_abs, 10 ** (-tol.min_psnr / 20)) / 2   # inside both limits
+    ok = common.enforce(common.compare(ref + small, ref), name, "x")
+    assert ok["passed"] and ok["tolerance"] == {"min_psnr": tol.min_psnr, "max_abs": tol.max_abs}
+    with pytest.raises(common.ConversionError, match=f"outside the {level} tolerance"):
+        common.enforce(common.compare(ref + tol.max_abs * 2, ref), name, "x")
