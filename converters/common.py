@@ -13,8 +13,8 @@ import numpy as np
 
 from drsan_kit.core.variants import SCALES, VARIANTS
 from drsan_kit.edge_runtime import contract
-from drsan_kit.edge_runtime.contract import DEFAULT_TILE, argtype, format_tile, parse_artifact_tile
-from drsan_kit.edge_runtime.manifest import sha256, update_manifest
+from drsan_kit.edge_runtime.contract import (DEFAULT_TILE, ArtifactEntry, ModelInfo, argtype, artifact_size,
+                                             format_tile, parse_artifact_tile, sha256, update_manifest)
 from drsan_kit.edge_runtime.tiler import pad_to
 
 DEFAULT_OUT = Path("artifacts")
@@ -203,17 +203,16 @@ def model_section(args, blob: dict, weights: Path) -> dict:
             "output": "RGB in [0, 1], clamped in the graph", "upsampler": "depth-to-space DCR"}
 
 
-def artifact_record(path: Path, fmt: str, precision: str, tile, dynamic: bool, check: dict, **extra) -> dict:
-    rec = {"file": path.name, "format": fmt, "precision": precision, "tile": None if dynamic else list(tile),
-           "dynamic_shape": dynamic, "sha256": sha256(path), "check": check}
-    rec["size_bytes"] = (sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir()
-                         else path.stat().st_size)
-    rec.update(extra)
-    return rec
+def artifact_record(path: Path, fmt: str, precision: str, tile, dynamic: bool, check: dict,
+                    **extra) -> ArtifactEntry:
+    """The manifest entry of a checked artifact; `extra` holds its format-specific fields."""
+    contract.precision(precision)   # a name outside the table is a converter bug, not a user's
+    return ArtifactEntry(path.name, fmt, precision, None if dynamic else tuple(tile), dynamic, sha256(path),
+                         artifact_size(path), check, extra)
 
 
-def write_manifest(out: Path, args, blob, weights, records: list[dict]) -> Path:
-    path = update_manifest(out, model_section(args, blob, weights), records)
+def write_manifest(out: Path, args, blob, weights, records: list[ArtifactEntry]) -> Path:
+    path = update_manifest(out, ModelInfo.from_dict(model_section(args, blob, weights)), records)
     print(f"manifest: {path}")
     return path
 

@@ -44,7 +44,7 @@ def main(argv=None):
     name = f"drsan_{args.variant}_x{args.scale}_{suffix}.onnx"
     print(f"exporting DRSAN-{args.variant} x{args.scale} from {weights}")
     rec = convert_onnx(model, args.tile, out, name, args.dynamic, crops, reference)
-    rec["check"]["images_from"] = desc
+    rec.check["images_from"] = desc
     common.write_manifest(out, args, blob, weights, [rec])
     print(f"wrote {out / name}")
 

@@ -137,7 +137,7 @@ def convert_mode(saved_model: Path, mode: str, calib: np.ndarray, verbose: bool)
 def load_qat(path: str, args):
     """(fine-tuned model, its learned ranges, the manifest's description) of a --qat checkpoint."""
     from drsan_kit.core.checkpoint import CheckpointError, load_checkpoint
-    from drsan_kit.edge_runtime.manifest import sha256
+    from drsan_kit.edge_runtime.contract import sha256
 
     try:
         model, blob = load_checkpoint(path, args.variant, args.scale)
@@ -287,7 +287,7 @@ def main(argv=None):
         if args.keep_saved_model:
             shutil.copytree(saved_model_for("fp32"), out / f"{stem}_saved_model", dirs_exist_ok=True)
     for r in records:
-        print(f"wrote {out / r['file']}")
+        print(f"wrote {out / r.file}")
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ import numpy as np
 
 from drsan_kit.core.variants import SCALES, VARIANTS
 from drsan_kit.edge_runtime.backends import open_backend
-from drsan_kit.edge_runtime.contract import DEFAULT_MARGIN, DEFAULT_TILE, argtype, format_tile, parse_tile
-from drsan_kit.edge_runtime.manifest import read_manifest
+from drsan_kit.edge_runtime.contract import (DEFAULT_MARGIN, DEFAULT_TILE, QAT, argtype, format_tile, parse_tile,
+                                             read_manifest)
 from drsan_kit.edge_runtime.upscaler import Upscaler, time_frames
 from drsan_kit.edge_runtime.verify import ArtifactError, verify_artifact
 
@@ -76,11 +76,11 @@ def main(argv=None):
     entries = []
     try:   # every artifact before any timing: a damaged one would crash the interpreter half-way through
         if args.artifacts:
-            manifest = read_manifest(args.artifacts) or {"artifacts": []}
-            entries = [e for e in manifest["artifacts"]
-                       if e["format"] in ("onnx", "tflite") and e["precision"] not in skip]
+            manifest = read_manifest(args.artifacts)
+            entries = [e for e in (manifest.artifacts if manifest else [])
+                       if e.format in ("onnx", "tflite") and e.precision not in skip]
         for e in entries:
-            verify_artifact(args.artifacts / e["file"], e["format"], args.scale)
+            verify_artifact(args.artifacts / e.file, e.format, args.scale)
     except (ArtifactError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -115,12 +115,13 @@ def main(argv=None):
     bench("torch-full", torch_backend, None, "PyTorch eager FP32, whole frame")
     bench("torch", torch_backend, tile, "PyTorch eager FP32, tiled")
     for e in entries:
-        backend = open_backend(e["format"], args.artifacts / e["file"], threads=threads, scale=args.scale)
-        name = f"{e['format']}-{e['precision']}" + ("-dynamic" if e.get("dynamic_shape") else "")
-        if e.get("dynamic_shape"):
+        backend = open_backend(e.format, args.artifacts / e.file, threads=threads, scale=args.scale)
+        name = f"{e.format}-{e.precision}" + ("-qat" if e.quantization == QAT else "") + \
+            ("-dynamic" if e.dynamic_shape else "")
+        if e.dynamic_shape:
             bench(name + "-full", backend, None, "one-shot, whole frame")
-        bench(name, backend, tile, e["file"])
-        if e["format"] == "tflite" and e["precision"] in args.whole_frame.split(","):
+        bench(name, backend, tile, e.file)
+        if e.format == "tflite" and e.precision in args.whole_frame.split(","):
             backend.take_any_window()
             bench(name + "-full", backend, None, "one-shot, whole frame (interpreter resized)")
     ref = next((r for r in rows if r["backend"] == "torch-full"), rows[0])

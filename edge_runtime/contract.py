@@ -1,9 +1,9 @@
-"""What converters, the runtime and eval agree on, defined once: the tile spec and the
-precisions (with their quantization modes and check tolerances).
+"""What converters, the runtime and eval agree on, defined once: the tile spec, the
+precisions (with their quantization modes and check tolerances) and the manifest.
 
-Plain Python (argparse only, no numpy, no torch), so that any part of the kit, and the
-device path in particular, can read it. It lives in edge_runtime because that is the
-part every other part already depends on; it imports nothing from the rest of the kit.
+Standard library only (no numpy, no torch), so that any part of the kit, and the device
+path in particular, can read it. It lives in edge_runtime because that is the part every
+other part already depends on; from the rest of the kit it uses only core/atomic.py.
 
 Tiles are LR (height, width) tuples everywhere in code; "HxW" strings are their text form
 on command lines, in file names and in CoreML metadata; manifests store [h, w] lists.
@@ -11,7 +11,10 @@ on command lines, in file names and in CoreML metadata; manifests store [h, w] l
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, TypeVar
 
 DEFAULT_TILE = (192, 336)   # LR (h, w): a 1280x720 frame is 4x4 windows with 8-px margins
@@ -144,3 +147,187 @@ def precision(name: str) -> Precision:
         return PRECISIONS[name]
     except KeyError:
         raise ValueError(f"unknown precision {name!r}; known: {', '.join(PRECISIONS)}") from None
+
+
+# --- The manifest: <out>/manifest.json, written by the converters beside their artifacts -------------
+#
+#     {"schema_version": 1,
+#      "model": {"variant": "32s", "scale": 4, "checkpoint": ..., ...},
+#      "artifacts": [{"file": "drsan_32s_x4_192x336_int8.tflite", "format": "tflite", "precision": "int8",
+#                     "tile": [192, 336], "dynamic_shape": false, "sha256": ..., "size_bytes": ...,
+#                     "check": {...}, ...any further fields, e.g. io, calibration, quantization, qat}]}
+#
+# The runtime and the drift harness read it before guessing anything from shapes; the runtime also
+# refuses a file whose size or SHA-256 differs from its entry. Manifests without "schema_version"
+# (written before it existed) are version 1.
+
+MANIFEST_NAME = "manifest.json"
+SCHEMA_VERSION = 1
+
+
+class ManifestError(ValueError):
+    """A manifest.json that cannot be read or does not follow the schema; the message says where."""
+
+
+@dataclass
+class ModelInfo:
+    variant: str
+    scale: int
+    checkpoint: str = ""
+    extra: dict = field(default_factory=dict)   # checkpoint_sha256, checkpoint_meta, input, output, ...
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelInfo":
+        rest = {k: v for k, v in d.items() if k not in ("variant", "scale", "checkpoint")}
+        return cls(d["variant"], d["scale"], d.get("checkpoint", ""), rest)
+
+    def to_dict(self) -> dict:
+        return {"variant": self.variant, "scale": self.scale, "checkpoint": self.checkpoint, **self.extra}
+
+
+_ENTRY_FIELDS = ("file", "format", "precision", "tile", "dynamic_shape", "sha256", "size_bytes", "check")
+
+
+@dataclass
+class ArtifactEntry:
+    file: str                     # a name in the manifest's folder
+    format: str                   # "onnx", "tflite", "coreml"
+    precision: str                # a key of PRECISIONS
+    tile: Tile | None = None      # fixed LR input (h, w); None for a dynamic shape
+    dynamic_shape: bool = False
+    sha256: str | None = None
+    size_bytes: int | None = None
+    check: dict = field(default_factory=dict)   # the converter's check against FP32 PyTorch
+    extra: dict = field(default_factory=dict)   # format-specific fields, kept as written
+
+    @property
+    def quantization(self) -> str | None:
+        """PTQ or QAT for integer artifacts (None for float ones, and for integer ones written before it was
+        recorded, which were all PTQ)."""
+        return self.extra.get("quantization")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ArtifactEntry":
+        tile = tuple(d["tile"]) if d.get("tile") else None
+        return cls(d["file"], d["format"], d["precision"], tile, bool(d.get("dynamic_shape", tile is None)),
+                   d.get("sha256"), d.get("size_bytes"), dict(d.get("check") or {}),
+                   {k: v for k, v in d.items() if k not in _ENTRY_FIELDS})
+
+    def to_dict(self) -> dict:
+        d = {"file": self.file, "format": self.format, "precision": self.precision,
+             "tile": list(self.tile) if self.tile else None, "dynamic_shape": self.dynamic_shape,
+             "sha256": self.sha256, "check": self.check, "size_bytes": self.size_bytes, **self.extra}
+        # entries written before these were recorded stay without them
+        return {k: v for k, v in d.items() if v is not None or k not in ("sha256", "size_bytes")}
+
+
+@dataclass
+class Manifest:
+    model: ModelInfo
+    artifacts: list[ArtifactEntry] = field(default_factory=list)
+    schema_version: int = SCHEMA_VERSION
+
+    def entry(self, file: str) -> ArtifactEntry | None:
+        return next((a for a in self.artifacts if a.file == file), None)
+
+    @classmethod
+    def from_dict(cls, d, where: str = MANIFEST_NAME) -> "Manifest":
+        validate_manifest(d, where)
+        return cls(ModelInfo.from_dict(d["model"]), [ArtifactEntry.from_dict(a) for a in d.get("artifacts", [])],
+                   d.get("schema_version", 1))
+
+    def to_dict(self) -> dict:
+        return {"schema_version": self.schema_version, "model": self.model.to_dict(),
+                "artifacts": [a.to_dict() for a in self.artifacts]}
+
+
+def validate_manifest(d, where: str = MANIFEST_NAME):
+    """Raise ManifestError naming the first thing in `d` (parsed JSON) that breaks the schema."""
+    def bad(what):
+        raise ManifestError(f"{where}: {what}")
+
+    if not isinstance(d, dict):
+        bad("not a JSON object")
+    version = d.get("schema_version", 1)
+    if not isinstance(version, int) or version < 1:
+        bad(f"schema_version {version!r} is not a positive integer")
+    if version > SCHEMA_VERSION:
+        bad(f"schema version {version} is newer than this kit reads ({SCHEMA_VERSION}); update the kit")
+    model = d.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("variant"), str) \
+            or not isinstance(model.get("scale"), int):
+        bad('"model" needs a variant (text) and a scale (integer)')
+    if not isinstance(d.get("artifacts", []), list):
+        bad('"artifacts" is not a list')
+    for i, a in enumerate(d.get("artifacts", [])):
+        if not isinstance(a, dict) or not all(isinstance(a.get(k), str) for k in ("file", "format", "precision")):
+            bad(f"artifact {i} needs file, format and precision (text)")
+        if a["file"] != Path(a["file"]).name or a["file"] in ("", ".", ".."):
+            bad(f"artifact {i}: file {a['file']!r} is not a plain name in the manifest's folder")
+        tile = a.get("tile")
+        if tile is not None and not (isinstance(tile, list) and len(tile) == 2
+                                     and all(isinstance(v, int) and v > 0 for v in tile)):
+            bad(f"{a['file']}: tile {tile!r} is not [height, width]")
+
+
+def read_manifest(folder) -> Manifest | None:
+    """folder/manifest.json as a Manifest; None when there is none; ManifestError when it is unusable."""
+    path = Path(folder) / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"{path}: unreadable manifest ({exc})") from None
+    return Manifest.from_dict(data, str(path))
+
+
+def write_manifest(folder, manifest: Manifest) -> Path:
+    """Write folder/manifest.json atomically: a reader sees the old manifest or the new one, never half."""
+    from drsan_kit.core.atomic import atomic_path
+
+    path = Path(folder) / MANIFEST_NAME
+    data = manifest.to_dict()
+    validate_manifest(data, str(path))
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2))
+    return path
+
+
+def update_manifest(folder, model: ModelInfo, entries: list[ArtifactEntry]) -> Path:
+    """Merge entries (by file name) into folder/manifest.json."""
+    try:
+        manifest = read_manifest(folder)
+    except ManifestError:
+        manifest = None   # an unusable manifest describes nothing we can keep; the new one replaces it
+    if manifest is None or (manifest.model.variant, manifest.model.scale) != (model.variant, model.scale):
+        manifest = Manifest(model)   # a different model: its old entries would describe other weights
+    new = {e.file for e in entries}
+    kept = [a for a in manifest.artifacts if a.file not in new]
+    merged = Manifest(model, sorted(kept + list(entries), key=lambda a: a.file))
+    return write_manifest(folder, merged)
+
+
+def artifact_entry(artifact) -> tuple[ModelInfo, ArtifactEntry] | None:
+    """(model, artifact entry) for an artifact file, from the manifest beside it, or None."""
+    artifact = Path(artifact)
+    manifest = read_manifest(artifact.parent)
+    entry = manifest.entry(artifact.name) if manifest else None
+    return (manifest.model, entry) if entry else None
+
+
+def sha256(path) -> str:
+    """SHA-256 of a file, or of an .mlpackage folder's files in a stable order."""
+    path = Path(path)
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def artifact_size(path) -> int:
+    path = Path(path)
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size

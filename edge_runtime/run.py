@@ -24,9 +24,8 @@ from tqdm import tqdm
 from drsan_kit.core.images import (IMAGE_EXTENSIONS, ImageError, frame_count, holds_frames, load_frames,
                                    load_image, missing_reader, save_animation, save_image)
 from drsan_kit.edge_runtime.backends import BackendError, open_backend
-from drsan_kit.edge_runtime.contract import (DEFAULT_MARGIN, DEFAULT_TILE, WHOLE_FRAME, argtype, format_tile,
-                                             parse_window, window_tile)
-from drsan_kit.edge_runtime.manifest import artifact_entry
+from drsan_kit.edge_runtime.contract import (DEFAULT_MARGIN, DEFAULT_TILE, WHOLE_FRAME, argtype, artifact_entry,
+                                             format_tile, parse_window, window_tile)
 from drsan_kit.edge_runtime.upscaler import Upscaler, time_frames
 from drsan_kit.edge_runtime.verify import verify_artifact
 from drsan_kit.edge_runtime.video import VIDEO_EXTENSIONS, VideoError, VideoWriter, probe, read_frames
@@ -89,13 +88,13 @@ def open_model(args):
     scale = args.scale
     if found:
         model_info, entry = found
-        if scale and scale != model_info.get("scale"):
-            raise BackendError(f"{path}: manifest says x{model_info.get('scale')}, but --scale {scale} was given")
-        scale = model_info.get("scale")
+        if scale and scale != model_info.scale:
+            raise BackendError(f"{path}: manifest says x{model_info.scale}, but --scale {scale} was given")
+        scale = model_info.scale
     verify_artifact(path, kind, scale)   # a damaged file would crash the interpreter instead of raising
     backend = open_backend(kind, path, threads=args.threads, scale=scale)
     if found:
-        backend.precision = entry.get("precision", backend.precision)
+        backend.precision = entry.precision
     return backend, found
 
 
@@ -219,8 +218,8 @@ def main(argv=None) -> int:
         return 2
     if found:
         model_info, entry = found
-        desc = (f"DRSAN-{model_info.get('variant')} x{backend.scale} {entry.get('precision')} "
-                f"(tile {entry.get('tile')}; from manifest.json)")
+        tile = format_tile(entry.tile) if entry.tile else "dynamic"
+        desc = f"DRSAN-{model_info.variant} x{backend.scale} {entry.precision} (tile {tile}; from manifest.json)"
     else:
         desc = f"x{backend.scale}, input {backend.input_hw or 'dynamic'} (no manifest beside the model)"
     if args.tile is not None and getattr(backend, "resizable", False):

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from drsan_kit.edge_runtime.backends import BackendError, open_backend
-from drsan_kit.edge_runtime.manifest import MANIFEST_NAME, artifact_entry, sha256
+from drsan_kit.edge_runtime.contract import MANIFEST_NAME, ArtifactEntry, artifact_entry, artifact_size, sha256
 
 CHILD_TIMEOUT_S = 300
 PROBE_HW = (16, 16)   # the window a shape-flexible model is tried on
@@ -44,7 +44,7 @@ def verify_artifact(path, kind: str, scale: int | None = None) -> str:
     if not path.exists():
         raise ArtifactError(f"{path}: model file not found")
     found = artifact_entry(path)
-    if found and found[1].get("sha256"):
+    if found and found[1].sha256:
         _check_against_manifest(path, found[1])
         return f"SHA-256 matches {MANIFEST_NAME}"
     if kind == "coreml":
@@ -57,14 +57,13 @@ def verify_artifact(path, kind: str, scale: int | None = None) -> str:
     return "loaded and run once in a separate process"
 
 
-def _check_against_manifest(path: Path, entry: dict):
-    size = (sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir()
-            else path.stat().st_size)
-    expected = entry.get("size_bytes")
+def _check_against_manifest(path: Path, entry: ArtifactEntry):
+    size = artifact_size(path)
+    expected = entry.size_bytes
     if expected is not None and size != expected:
         raise ArtifactError(f"{path}: damaged model: {size:,} bytes, but {MANIFEST_NAME} records {expected:,} "
                             f"({'cut short' if size < expected else 'extra data'}; copy or convert it again)")
-    if sha256(path) != entry["sha256"]:
+    if sha256(path) != entry.sha256:
         raise ArtifactError(f"{path}: damaged model: its SHA-256 differs from the one in {MANIFEST_NAME} "
                             "(changed since conversion; copy or convert it again)")
 

@@ -29,8 +29,8 @@ from tqdm import tqdm
 from drsan_kit.core.datasets import find_sets, load_pairs
 from drsan_kit.core.metrics import CONVENTIONS, psnr, psnr_y, rgb_to_y, ssim_y
 from drsan_kit.core.variants import SCALES, VARIANTS
-from drsan_kit.edge_runtime.contract import DEFAULT_MARGIN, argtype, parse_window, window_tile
-from drsan_kit.edge_runtime.manifest import read_manifest
+from drsan_kit.edge_runtime.contract import (DEFAULT_MARGIN, ManifestError, argtype, parse_window, read_manifest,
+                                             window_tile)
 from drsan_kit.edge_runtime.upscaler import Upscaler
 from drsan_kit.eval import provenance
 from drsan_kit.eval.benchmark import DATA_HELP, data_dir_or_exit
@@ -55,12 +55,11 @@ def discover(folder: Path, scale: int) -> list[Artifact]:
     manifest = read_manifest(folder)
     found = []
     if manifest:
-        if manifest.get("model", {}).get("scale") not in (None, scale):
-            raise SystemExit(f"error: {folder}/manifest.json describes x{manifest['model']['scale']} artifacts, "
+        if manifest.model.scale != scale:
+            raise SystemExit(f"error: {folder}/manifest.json describes x{manifest.model.scale} artifacts, "
                              f"not x{scale}")
-        for e in manifest.get("artifacts", []):
-            tile = tuple(e["tile"]) if e.get("tile") else None
-            found.append(Artifact(folder / e["file"], e["format"], e["precision"], tile))
+        for e in manifest.artifacts:
+            found.append(Artifact(folder / e.file, e.format, e.precision, e.tile))
     else:
         for p in sorted(folder.iterdir()):
             if p.suffix in KINDS:
@@ -221,7 +220,10 @@ def main(argv=None) -> int:
     if not args.artifacts.is_dir():
         sys.exit(f"error: artifact folder {args.artifacts} not found")
     excluded = set(filter(None, args.exclude.split(",")))
-    artifacts = [a for a in discover(args.artifacts, args.scale) if a.precision not in excluded]
+    try:
+        artifacts = [a for a in discover(args.artifacts, args.scale) if a.precision not in excluded]
+    except ManifestError as exc:
+        sys.exit(f"error: {exc}")
     store = Reference.load(args.reference, args.variant, args.scale) if args.reference else None
     reference = Reference(args, store)
     ups = []

@@ -92,3 +92,101 @@ def test_checks_use_the_tolerance_of_their_precision(name, level):
     assert ok["passed"] and ok["tolerance"] == {"min_psnr": tol.min_psnr, "max_abs": tol.max_abs}
     with pytest.raises(common.ConversionError, match=f"outside the {level} tolerance"):
         common.enforce(common.compare(ref + tol.max_abs * 2, ref), name, "x")
+
+
+# A manifest as converters wrote it before the schema had a version: an ONNX entry, a PTQ int8 entry
+# without the "quantization" field, a QAT one with it, and an entry without hash or size.
+OLD_MANIFEST = {
+    "model": {"variant": "32s", "scale": 4, "checkpoint": "weights/drsan_32s_x4.pt", "checkpoint_sha256": "ab"},
+    "artifacts": [
+        {"file": "m_dynamic.onnx", "format": "onnx", "precision": "fp32", "tile": None, "dynamic_shape": True,
+         "sha256": "00", "check": {"passed": True}, "size_bytes": 10, "opset": 17},
+        {"file": "m_int8.tflite", "format": "tflite", "precision": "int8", "tile": [24, 32], "dynamic_shape": False,
+         "sha256": "11", "check": {}, "size_bytes": 20, "io": "float32", "calibration": "8 crops", "prelu": "sub"},
+        {"file": "m_int8_qat.tflite", "format": "tflite", "precision": "int8", "tile": [24, 32],
+         "dynamic_shape": False, "sha256": "22", "check": {}, "size_bytes": 30, "io": "float32",
+         "calibration": None, "quantization": "qat", "qat": {"iterations": 5}, "prelu": "sub"},
+        {"file": "m_fp16.mlpackage", "format": "coreml", "precision": "fp16_w8", "tile": [24, 32],
+         "dynamic_shape": False, "check": {}},
+    ],
+}
+
+
+def test_manifest_written_before_versions_reads_and_round_trips(tmp_path):
+    import json
+
+    from drsan_kit.edge_runtime.contract import SCHEMA_VERSION, QAT, read_manifest, write_manifest
+
+    (tmp_path / "manifest.json").write_text(json.dumps(OLD_MANIFEST))
+    m = read_manifest(tmp_path)
+    assert m.schema_version == 1 and (m.model.variant, m.model.scale) == ("32s", 4)
+    onnx, ptq, qat, coreml = m.artifacts
+    assert onnx.tile is None and onnx.dynamic_shape and onnx.extra == {"opset": 17}
+    assert ptq.tile == (24, 32) and ptq.quantization is None and qat.quantization == QAT
+    assert qat.extra["qat"] == {"iterations": 5} and coreml.sha256 is None and coreml.size_bytes is None
+    assert m.entry("m_int8_qat.tflite") is qat and m.entry("other.onnx") is None
+    write_manifest(tmp_path, m)
+    again = json.loads((tmp_path / "manifest.json").read_text())
+    assert again == {"schema_version": SCHEMA_VERSION, **OLD_MANIFEST}
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda d: d.update(schema_version=99), "newer than this kit"),
+    (lambda d: d["model"].pop("scale"), "scale"),
+    (lambda d: d["artifacts"][1].update(tile=[24]), "not \\[height, width\\]"),
+    (lambda d: d["artifacts"][1].update(file="../m_int8.tflite"), "not a plain name"),
+    (lambda d: d["artifacts"][0].pop("format"), "needs file, format and precision"),
+])
+def test_manifest_breaking_the_schema_is_named(tmp_path, change, message):
+    import copy
+    import json
+
+    from drsan_kit.edge_runtime.contract import ManifestError, read_manifest
+
+    data = copy.deepcopy(OLD_MANIFEST)
+    change(data)
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match=message):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(ManifestError, match="unreadable"):
+        read_manifest(tmp_path)
+
+
+def test_update_merges_by_file_and_starts_over_for_another_model(tmp_path):
+    from drsan_kit.edge_runtime.contract import ArtifactEntry, ModelInfo, read_manifest, update_manifest
+
+    x4, x2 = ModelInfo("32s", 4, "a.pt"), ModelInfo("32s", 2, "b.pt")
+    update_manifest(tmp_path, x4, [ArtifactEntry("b.onnx", "onnx", "fp32"), ArtifactEntry("a.onnx", "onnx", "fp32")])
+    update_manifest(tmp_path, x4, [ArtifactEntry("b.onnx", "onnx", "fp32", (8, 8), sha256="ff")])
+    m = read_manifest(tmp_path)
+    assert [a.file for a in m.artifacts] == ["a.onnx", "b.onnx"] and m.entry("b.onnx").sha256 == "ff"
+    update_manifest(tmp_path, x2, [ArtifactEntry("c.onnx", "onnx", "fp32")])
+    assert [a.file for a in read_manifest(tmp_path).artifacts] == ["c.onnx"]
+
+
+def test_verify_checks_a_file_against_its_typed_entry(tmp_path):
+    from drsan_kit.edge_runtime.contract import ArtifactEntry, ModelInfo, artifact_size, sha256, update_manifest
+    from drsan_kit.edge_runtime.verify import ArtifactError, verify_artifact
+
+    model = tmp_path / "m.tflite"
+    model.write_bytes(b"\0" * 64)
+    update_manifest(tmp_path, ModelInfo("32s", 4), [ArtifactEntry(model.name, "tflite", "int8", (8, 8), False,
+                                                                  sha256(model), artifact_size(model))])
+    assert "SHA-256 matches" in verify_artifact(model, "tflite", 4)
+    model.write_bytes(b"\1" * 64)
+    with pytest.raises(ArtifactError, match="SHA-256 differs"):
+        verify_artifact(model, "tflite", 4)
+    model.write_bytes(b"\0" * 60)
+    with pytest.raises(ArtifactError, match="cut short"):
+        verify_artifact(model, "tflite", 4)
+
+
+def test_manifest_tool_prints_a_table_or_one_line_error(tmp_path):
+    import json
+
+    (tmp_path / "manifest.json").write_text(json.dumps(OLD_MANIFEST))
+    proc = run_tool("edge_runtime/manifest.py", tmp_path)
+    assert "| m_int8_qat.tflite | int8 | 24x32 | 0.00 MB |" in proc.stdout and "| m_fp16.mlpackage | fp16_w8" in proc.stdout
+    proc = run_tool("edge_runtime/manifest.py", tmp_path / "none", check=False)
+    assert proc.returncode == 2 and "no manifest.json" in proc.stderr and "Traceback" not in proc.stderr
