@@ -254,6 +254,10 @@ def freeze_ranges(gm: nn.Module):
         m.frozen.fill_(True)
 
 
+def is_frozen(gm: nn.Module) -> bool:
+    return all(bool(m.frozen) for m in act_quants(gm).values())
+
+
 def ranges(gm: nn.Module) -> dict[str, list[float]]:
     """Every tracked range, by the tensor's name in the simulation: what checkpoints carry.
     A concatenation's inputs carry the concatenation's range."""

@@ -389,7 +389,8 @@ def main(argv=None):
 
     def qat_meta():
         return {"ranges": qat.ranges(scored), "iterations": state["iteration"], "init_from": args.init_from,
-                "ranges_frozen_at": args.qat_freeze, "graph": "int8 TFLite, PReLU spelled sub",
+                "ranges_frozen_at": args.qat_freeze if qat.is_frozen(scored) else None,
+                "graph": "int8 TFLite, PReLU spelled sub",
                 "validation": "int8 simulation"}
 
     def save_all():

@@ -1,0 +1,136 @@
+"""Quantization-aware fine-tuning: the int8 simulation (core/qat.py) and its ranges in the TFLite artifact."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import CONVERT_TILE, SHIPPED_X4, run_tool
+from drsan_kit.core import qat
+from drsan_kit.core.checkpoint import load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def x4():
+    model, _ = load_checkpoint(SHIPPED_X4)
+    return model
+
+
+def _photos(n=4, size=48, seed=0, width=None):
+    import skimage.data as data
+
+    rng = np.random.default_rng(seed)
+    out = []
+    h, w = size, width or size
+    for name in ("astronaut", "coffee", "chelsea", "rocket")[:n]:
+        img = getattr(data, name)()[..., :3]
+        y, x = rng.integers(0, img.shape[0] - h), rng.integers(0, img.shape[1] - w)
+        out.append(img[y : y + h, x : x + w])
+    return torch.from_numpy(np.stack(out).transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
+
+
+def test_simulation_shares_the_models_parameters_and_is_float_when_off(x4):
+    sim = qat.prepare(x4)
+    x = _photos()
+    qat.set_mode(sim, "off")
+    with torch.no_grad():
+        assert torch.allclose(sim(x), x4(x).clamp(0, 1), atol=1e-5)
+    qat.set_mode(sim, "quantize")
+    sim.train()
+    with torch.no_grad():
+        sim(x)   # tracks the ranges
+        sim.eval()
+        err = (sim(x) - x4(x).clamp(0, 1)).abs()
+    assert 1e-4 < float(err.mean()) < 0.02   # rounded, and close
+    # the optimizer trains the model itself: the simulation holds no copy
+    assert {id(p) for p in sim.parameters()} == {id(p) for p in x4.parameters()}
+
+
+def test_concatenation_inputs_take_the_concatenations_range(x4):
+    sim = qat.prepare(x4)
+    sim.train()
+    with torch.no_grad():
+        sim(_photos())
+    tied = {n: m for n, m in sim.named_modules() if isinstance(m, qat.TiedQuant)}
+    # each DRAG concatenates its input and its N block outputs
+    assert len(tied) == len(x4.body) * (x4.variant.blocks + 1)
+    got = qat.ranges(sim)
+    for name, m in tied.items():
+        assert got[name] == [float(m.owner.lo), float(m.owner.hi)]
+
+
+def test_frozen_ranges_stop_moving(x4):
+    sim = qat.prepare(x4)
+    sim.train()
+    with torch.no_grad():
+        sim(_photos(seed=0))
+        qat.freeze_ranges(sim)
+        before = qat.ranges(sim)
+        sim(_photos(seed=1) * 0.5)
+    assert qat.ranges(sim) == before
+
+
+@pytest.fixture(scope="module")
+def qat_checkpoint(tmp_path_factory):
+    """A short quantization-aware run from the shipped x4 weights on a few photographs."""
+    from PIL import Image
+
+    from drsan_kit.core.train import main as train_main
+
+    root = tmp_path_factory.mktemp("qat")
+    data = root / "photos"
+    data.mkdir()
+    for i, img in enumerate(_photos(4, size=160)):
+        Image.fromarray((img.numpy().transpose(1, 2, 0) * 255).round().astype(np.uint8)).save(data / f"{i}.png")
+    train_main(["--variant", "32s", "--scale", "4", "--data", str(data), "--out", str(root / "run"),
+                "--init-from", str(SHIPPED_X4), "--qat", "--qat-freeze", "8", "--loss", "l2", "--lr", "1e-5",
+                "--schedule", "cosine", "--warmup", "1", "--iters", "10", "--batch", "4", "--patch", "24",
+                "--threads", "2", "--save-every", "10"])
+    return root / "run" / "model.pt"
+
+
+def test_qat_artifact_carries_the_learned_ranges(qat_checkpoint, tflite_artifacts, tmp_path):
+    """The int8 artifact built with --qat uses the checkpoint's ranges, not a fresh calibration, and
+    computes what the simulation computes more closely than the post-training int8 artifact does."""
+    pytest.importorskip("tensorflow")
+    from drsan_kit.edge_runtime.backends.tflite import TFLiteBackend
+
+    out = tmp_path / "qat"
+    run_tool("converters/to_tflite.py", "--variant", "32s", "--scale", "4", "--tile", CONVERT_TILE, "--quant", "int8",
+             "--qat", qat_checkpoint, "--out", out)
+    entry = json.loads((out / "manifest.json").read_text())["artifacts"][0]
+    assert entry["file"] == f"drsan_32s_x4_{CONVERT_TILE}_int8_qat.tflite"
+    assert entry["quantization"] == "qat" and entry["qat"]["iterations"] == 10
+    assert entry["qat"]["ranges"]["tensors_with_learned_range"] > 250
+    ptq = json.loads((tflite_artifacts / "manifest.json").read_text())
+    assert {a["precision"]: a for a in ptq["artifacts"]}["int8"]["quantization"] == "ptq"
+
+    # every learned range shows up as an activation scale of the artifact
+    blob = torch.load(qat_checkpoint, weights_only=False)
+    learned = blob["meta"]["qat"]["ranges"]
+    backend = TFLiteBackend(out / entry["file"], threads=1)
+    scales = np.array(sorted({float(d["quantization_parameters"]["scales"][0])
+                              for d in backend.interp.get_tensor_details()
+                              if len(d["quantization_parameters"]["scales"]) == 1}))
+    expected = [qat.qparams(lo, hi)[0] for lo, hi in learned.values()]
+    found = [np.isclose(scales, s, rtol=1e-5).any() for s in expected]
+    assert np.mean(found) > 0.9
+
+    # the artifact follows its simulation: closer than the post-training artifact does
+    model, _ = load_checkpoint(qat_checkpoint)
+    sim = qat.prepare(model)
+    qat.load_ranges(sim, learned)
+    sim.eval()
+    th, tw = (int(v) for v in CONVERT_TILE.split("x"))
+    x = _photos(4, size=th, width=tw, seed=5)
+    with torch.no_grad():
+        want = sim(x).numpy().transpose(0, 2, 3, 1)
+    crops = x.numpy().transpose(0, 2, 3, 1)
+
+    def gap(path):
+        b = TFLiteBackend(path, threads=1)
+        got = np.stack([b(c) for c in crops])
+        return float(np.mean((got - want) ** 2))
+
+    ptq_file = tflite_artifacts / f"drsan_32s_x4_{CONVERT_TILE}_int8.tflite"
+    assert gap(out / entry["file"]) < 0.5 * gap(ptq_file)
