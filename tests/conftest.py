@@ -25,6 +25,16 @@ def bench_dir():
 
 
 SHIPPED_X4 = REPO / "weights" / "drsan_32s_x4.pt"
+
+
+def train_args(data, out, iters, patch=16, **extra):
+    """core/train.py arguments for a tiny, fast, deterministic x2 run; extra flags as keywords (True: a bare flag)."""
+    args = ["--variant", "32s", "--scale", "2", "--data", str(data), "--out", str(out), "--iters", str(iters),
+            "--batch", "2", "--patch", str(patch), "--amp", "off", "--threads", "1", "--save-every", "1",
+            "--schedule", "cosine", "--warmup", "1", "--lr", "1e-3"]
+    for k, v in extra.items():
+        args += [f"--{k.replace('_', '-')}"] + ([] if v is True else [str(v)])
+    return args
 CONVERT_TILE = "24x32"
 
 

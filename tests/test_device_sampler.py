@@ -5,6 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import train_args
 from drsan_kit.core.checkpoint import read_checkpoint
 from drsan_kit.core.device_sampler import DeviceSampler, load_pairs
 from drsan_kit.core.imresize import imresize
@@ -105,12 +106,7 @@ def test_load_pairs_makes_matlab_lr_and_counts_skips(data, workers):
 
 
 def _args(data, out, iters, **extra):
-    args = ["--variant", "32s", "--scale", "2", "--data", str(data), "--out", str(out), "--iters", str(iters),
-            "--batch", "2", "--patch", "8", "--amp", "off", "--threads", "1", "--save-every", "1",
-            "--schedule", "cosine", "--warmup", "1", "--lr", "1e-3", "--data-on-device", "on"]
-    for k, v in extra.items():
-        args += [f"--{k.replace('_', '-')}", str(v)]
-    return args
+    return train_args(data, out, iters, patch=8, data_on_device="on", **extra)
 
 
 def test_train_on_device_resumes_exactly(data, tmp_path, capsys):

@@ -5,6 +5,7 @@ import torch
 from PIL import Image
 
 from drsan_kit.core.checkpoint import load_checkpoint, read_checkpoint
+from conftest import train_args
 from drsan_kit.core.train import main as train_main
 
 
@@ -21,13 +22,7 @@ def data(tmp_path):
     return tmp_path / "imgs"
 
 
-def _args(data, out, iters, **extra):
-    args = ["--variant", "32s", "--scale", "2", "--data", str(data), "--out", str(out), "--iters", str(iters),
-            "--batch", "2", "--patch", "16", "--amp", "off", "--threads", "1", "--save-every", "1",
-            "--schedule", "cosine", "--warmup", "1", "--lr", "1e-3"]
-    for k, v in extra.items():
-        args += [f"--{k.replace('_', '-')}", str(v)]
-    return args
+_args = train_args
 
 
 def test_stop_and_resume_reaches_the_same_weights(data, tmp_path, capsys):
@@ -201,10 +196,10 @@ def test_held_out_split_is_never_trained_on_and_is_recorded(data, tmp_path, caps
 
 def test_qat_fine_tuning_resumes_exactly_and_ships_ranges(data, tmp_path, capsys):
     train_main(_args(data, tmp_path / "float", 2))
-    qat_args = dict(init_from=tmp_path / "float" / "model.pt", qat="", qat_freeze=3, val_split=1, val_every=2)
-    train_main([a for a in _args(data, tmp_path / "straight", 4, **qat_args) if a != ""])
-    train_main([a for a in _args(data, tmp_path / "resumed", 4, stop_at=2, **qat_args) if a != ""])
-    train_main([a for a in _args(data, tmp_path / "resumed", 4, **qat_args) if a != ""])
+    qat_args = dict(init_from=tmp_path / "float" / "model.pt", qat=True, qat_freeze=3, val_split=1, val_every=2)
+    train_main(_args(data, tmp_path / "straight", 4, **qat_args))
+    train_main(_args(data, tmp_path / "resumed", 4, stop_at=2, **qat_args))
+    train_main(_args(data, tmp_path / "resumed", 4, **qat_args))
     a = read_checkpoint(tmp_path / "straight" / "last.pt")
     b = read_checkpoint(tmp_path / "resumed" / "last.pt")
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
