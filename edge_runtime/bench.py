@@ -25,6 +25,7 @@ from drsan_kit.edge_runtime.contract import (DEFAULT_MARGIN, DEFAULT_TILE, QAT, 
                                              read_manifest)
 from drsan_kit.edge_runtime.upscaler import Upscaler, time_frames
 from drsan_kit.edge_runtime.verify import ArtifactError, verify_artifact
+from drsan_kit.eval import provenance
 
 
 def test_frame(size: str, photo_name: str = "astronaut") -> np.ndarray:
@@ -127,7 +128,8 @@ def main(argv=None):
     ref = next((r for r in rows if r["backend"] == "torch-full"), rows[0])
     for r in rows:
         r["speed_vs_torch"] = r["output_mp_per_s"] / ref["output_mp_per_s"]
-    report = {"variant": args.variant, "scale": args.scale, "frame": args.frame, "threads": threads,
+    report = {"provenance": provenance.header(), "variant": args.variant, "scale": args.scale,
+              "frame": args.frame, "threads": threads,
               "machine": f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()}", "runs": args.runs,
               "margin": args.margin, "results": rows}
     table = markdown(report)
@@ -143,7 +145,8 @@ def main(argv=None):
 
 def markdown(report: dict) -> str:
     s = report["scale"]
-    lines = [f"DRSAN-{report['variant']} x{s}, {report['frame']} input frame, {report['threads']} threads, "
+    lines = ([provenance.markdown(report["provenance"])] if "provenance" in report else []) + [
+             f"DRSAN-{report['variant']} x{s}, {report['frame']} input frame, {report['threads']} threads, "
              f"median of {report['runs']} runs; {report['machine']}. Speed ratio in output MP/s against "
              f"PyTorch eager FP32 on the whole frame.", "",
              "| backend | tile (windows) | ms / frame | output MP/s | vs PyTorch eager |",
