@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from drsan_kit.core.variants import SCALES, VARIANTS
+
+REPO = Path(__file__).resolve().parent.parent
 from drsan_kit.edge_runtime import contract
 from drsan_kit.edge_runtime.contract import (DEFAULT_TILE, ArtifactEntry, ModelInfo, argtype, artifact_size,
                                              format_tile, parse_artifact_tile, sha256, update_manifest)
@@ -196,8 +198,15 @@ def tool_versions(*names: str) -> dict:
     return out
 
 
+def shown_path(path) -> str:
+    """A path as manifests and messages give it: relative to the repository when inside it, so that an
+    artifact folder never records one machine's absolute paths."""
+    full = Path(path).resolve()
+    return str(full.relative_to(REPO)) if full.is_relative_to(REPO) else str(path)
+
+
 def model_section(args, blob: dict, weights: Path) -> dict:
-    return {"variant": args.variant, "scale": args.scale, "checkpoint": str(weights),
+    return {"variant": args.variant, "scale": args.scale, "checkpoint": shown_path(weights),
             "checkpoint_sha256": sha256(weights), "checkpoint_meta": blob.get("meta", {}),
             "input": "RGB float in [0, 1] (mean 0, std 1); NCHW for ONNX, NHWC for TFLite",
             "output": "RGB in [0, 1], clamped in the graph", "upsampler": "depth-to-space DCR"}

@@ -147,7 +147,7 @@ def load_qat(path: str, args):
     if not qat or not qat.get("ranges"):
         raise common.ConversionError(f"{path}: not a quantization-aware checkpoint (no int8 ranges in its "
                                      f"metadata); make one with core/train.py --qat")
-    about = {"checkpoint": str(path), "checkpoint_sha256": sha256(Path(path)),
+    about = {"checkpoint": common.shown_path(path), "checkpoint_sha256": sha256(Path(path)),
              "iterations": qat.get("iterations"), "init_from": qat.get("init_from"),
              "validation": blob["meta"].get("validation", {}).get("set")}
     return model, qat["ranges"], about
@@ -227,7 +227,8 @@ def main(argv=None):
               f"(> {args.calib_outlier:g}x a layer's median peak; --calib-outlier 0 keeps them)")
     reference = common.reference_outputs(model, crops)
     stem = f"drsan_{args.variant}_x{args.scale}_{args.tile[0]}x{args.tile[1]}"
-    print(f"converting DRSAN-{args.variant} x{args.scale} from {weights}, tile {args.tile[0]}x{args.tile[1]}")
+    print(f"converting DRSAN-{args.variant} x{args.scale} from {common.shown_path(weights)}, "
+          f"tile {args.tile[0]}x{args.tile[1]}")
     records = []
     with tempfile.TemporaryDirectory(prefix="drsan-tflite-") as tmp:
         tmp = Path(tmp)
