@@ -187,6 +187,6 @@ def test_manifest_tool_prints_a_table_or_one_line_error(tmp_path):
 
     (tmp_path / "manifest.json").write_text(json.dumps(OLD_MANIFEST))
     proc = run_tool("edge_runtime/manifest.py", tmp_path)
-    assert "| m_int8_qat.tflite | int8 | 24x32 | 0.00 MB |" in proc.stdout and "| m_fp16.mlpackage | fp16_w8" in proc.stdout
+    assert "| m_int8_qat.tflite | int8 (qat) | 24x32 | 0.00 MB |" in proc.stdout and "| m_fp16.mlpackage | fp16_w8" in proc.stdout
     proc = run_tool("edge_runtime/manifest.py", tmp_path / "none", check=False)
     assert proc.returncode == 2 and "no manifest.json" in proc.stderr and "Traceback" not in proc.stderr
