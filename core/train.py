@@ -278,7 +278,7 @@ def parse_args(argv=None):
     ap.add_argument("--stop-at", type=int, default=None,
                     help="save and exit at this iteration without changing the schedule (resume later)")
     ap.add_argument("--stop-after-minutes", type=float, default=None,
-                    help="save and exit after this much wall time (for sessions with a time limit)")
+                    help="save and exit after this much wall time (for a machine held for a limited time)")
     ap.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
                     help="train for this many minutes of training time (resumes count what was spent): the cosine "
                          "schedule runs over time instead of iterations and ends annealed; --iters is then a cap")

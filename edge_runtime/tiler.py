@@ -52,11 +52,10 @@ def axis_spans(length: int, tile: int, margin: int) -> list[Span]:
 def pad_to(img: np.ndarray, height: int, width: int) -> np.ndarray:
     """Pad bottom/right up to (height, width) by repeating the last row/column.
 
-    Why not reflection: on x2 Set14 with a 192x336 tile (every image padded up to it) and
-    the earlier 1,000-iteration x2 weights, edge padding stayed within 0.002 dB of the
-    whole frame, reflection lost 0.012 dB (foreman 0.17 dB; it shifts the DRA coefficients
-    and the borders more) and zeros 0.069 dB. With the shipped weights edge padding loses
-    0.009 dB (reports/tiling_32s_x2_set14_padded).
+    Why not reflection or zeros: on x2 Set14 with a 192x336 tile (every image padded up
+    to it), edge padding came closest to the whole frame; reflection shifts the DRA
+    coefficients and the borders more, zeros most (reports/tiling_32s_x2_set14_padded,
+    measured with earlier x2 weights; docs/drift.md).
     """
     return np.pad(img, ((0, height - img.shape[0]), (0, width - img.shape[1]), (0, 0)), mode="edge")
 

@@ -36,7 +36,7 @@ def test_fp32_onnx_has_no_drift_and_reports_are_written(onnx_artifacts, tiny_set
     arts = single_artifact(onnx_artifacts, f"drsan_32s_x4_{CONVERT_TILE}.onnx", tmp_path)
     out = tmp_path / "report"
     # the gate covers tiling drift too, which at this 24x32 test tile depends on the shipped weights
-    # (-0.028 dB on TinyB with the GPU-trained x4); fp32 quantization drift is checked exactly below
+    # (a few hundredths of a dB); fp32 quantization drift is checked exactly below
     proc = run_tool("eval/drift.py", "--artifacts", arts, "--data", tiny_sets, "--out", out, "--max-drift", "0.1",
                     "--save-reference", tmp_path / "ref.npz")
     rep = json.loads((out / "drift.json").read_text())
@@ -75,8 +75,8 @@ def test_int8_tflite_drift_stays_small_and_tiling_adds_none(tflite_artifacts, ti
     """Regression guard for the two DRSAN-specific properties on the shipped x4 weights: full-integer int8
     loses little against FP32, and a resizable TFLite model adds no tiling drift."""
     arts = single_artifact(tflite_artifacts, f"drsan_32s_x4_{CONVERT_TILE}_int8.tflite", tmp_path)
-    # 0.3 dB: the shipped x4 int8 loses up to 0.31 dB on the benchmark sets (0.23 on these crops, from the
-    # session-6 weights on); what this guards against is broken calibration, which cost 1.2 dB
+    # 0.3 dB: post-training int8 of the shipped x4 loses 0.13-0.27 dB on the benchmark sets
+    # (reports/drift_32s_x4); what this guards against is broken calibration, which cost 1.2 dB
     run_tool("eval/drift.py", "--artifacts", arts, "--data", tiny_sets, "--out", tmp_path / "rep", "--max-drift", "0.3")
     entry = json.loads((tmp_path / "rep" / "drift.json").read_text())["artifacts"][0]
     for e in entry["sets"].values():
