@@ -27,6 +27,18 @@ def bench_dir():
 SHIPPED_X4 = REPO / "weights" / "drsan_32s_x4.pt"
 
 
+def straight_and_resumed(make_args, tmp_path, iters=4, stop_at=2):
+    """Train `iters` iterations in one go, and again with a stop at `stop_at` and a resume;
+    returns both runs' last.pt. make_args(out, iters, **extra) gives core/train.py's arguments."""
+    from drsan_kit.core.checkpoint import read_checkpoint
+    from drsan_kit.core.train import main as train_main
+
+    train_main(make_args(tmp_path / "straight", iters))
+    train_main(make_args(tmp_path / "resumed", iters, stop_at=stop_at))
+    train_main(make_args(tmp_path / "resumed", iters))
+    return read_checkpoint(tmp_path / "straight" / "last.pt"), read_checkpoint(tmp_path / "resumed" / "last.pt")
+
+
 def train_args(data, out, iters, patch=16, **extra):
     """core/train.py arguments for a tiny, fast, deterministic x2 run; extra flags as keywords (True: a bare flag)."""
     args = ["--variant", "32s", "--scale", "2", "--data", str(data), "--out", str(out), "--iters", str(iters),

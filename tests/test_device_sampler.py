@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import train_args
+from conftest import straight_and_resumed, train_args
 from drsan_kit.core.checkpoint import read_checkpoint
 from drsan_kit.core.device_sampler import DeviceSampler, load_pairs
 from drsan_kit.core.imresize import imresize
@@ -112,13 +112,9 @@ def _args(data, out, iters, **extra):
 def test_train_on_device_resumes_exactly(data, tmp_path, capsys):
     from drsan_kit.core.train import main as train_main
 
-    train_main(_args(data, tmp_path / "straight", 4))
-    train_main(_args(data, tmp_path / "resumed", 4, stop_at=2))
-    train_main(_args(data, tmp_path / "resumed", 4))
+    a, b = straight_and_resumed(lambda out, iters, **kw: _args(data, out, iters, **kw), tmp_path)
     out = capsys.readouterr().out
     assert "resumed from" in out and "patches cut on cpu" in out
-    a = read_checkpoint(tmp_path / "straight" / "last.pt")
-    b = read_checkpoint(tmp_path / "resumed" / "last.pt")
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
     assert b["meta"]["training"]["data_on_device"] is True
     # the host sampler path draws other patches, so it ends elsewhere

@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from drsan_kit.core.checkpoint import load_checkpoint, read_checkpoint
-from conftest import train_args
+from conftest import straight_and_resumed, train_args
 from drsan_kit.core.train import main as train_main
 
 
@@ -26,13 +26,10 @@ _args = train_args
 
 
 def test_stop_and_resume_reaches_the_same_weights(data, tmp_path, capsys):
-    train_main(_args(data, tmp_path / "straight", 4))
-    train_main(_args(data, tmp_path / "resumed", 4, stop_at=2))
-    train_main(_args(data, tmp_path / "resumed", 4))
+    a, b = straight_and_resumed(lambda out, iters, **kw: _args(data, out, iters, **kw), tmp_path)
     out = capsys.readouterr().out
     assert "resumed from" in out and "1 too small" in out
-    a = read_checkpoint(tmp_path / "straight" / "last.pt")["state_dict"]
-    b = read_checkpoint(tmp_path / "resumed" / "last.pt")["state_dict"]
+    a, b = a["state_dict"], b["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     # and training really changed the weights
     fresh = read_checkpoint(tmp_path / "resumed" / "last.pt")
@@ -197,11 +194,7 @@ def test_held_out_split_is_never_trained_on_and_is_recorded(data, tmp_path, caps
 def test_qat_fine_tuning_resumes_exactly_and_ships_ranges(data, tmp_path, capsys):
     train_main(_args(data, tmp_path / "float", 2))
     qat_args = dict(init_from=tmp_path / "float" / "model.pt", qat=True, qat_freeze=3, val_split=1, val_every=2)
-    train_main(_args(data, tmp_path / "straight", 4, **qat_args))
-    train_main(_args(data, tmp_path / "resumed", 4, stop_at=2, **qat_args))
-    train_main(_args(data, tmp_path / "resumed", 4, **qat_args))
-    a = read_checkpoint(tmp_path / "straight" / "last.pt")
-    b = read_checkpoint(tmp_path / "resumed" / "last.pt")
+    a, b = straight_and_resumed(lambda out, iters, **kw: _args(data, out, iters, **qat_args, **kw), tmp_path)
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
     assert all(torch.equal(a["train_state"]["qat"][k], b["train_state"]["qat"][k]) for k in a["train_state"]["qat"])
     shipped = read_checkpoint(tmp_path / "resumed" / "model.pt")
