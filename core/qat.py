@@ -50,6 +50,12 @@ def qparams(lo: float, hi: float) -> tuple[float, int]:
     return scale, zero
 
 
+def _widened(record, x):
+    """(min, max) so far, widened by tensor x: the global range "record" mode collects."""
+    lo, hi = float(x.detach().amin()), float(x.detach().amax())
+    return (lo, hi) if record is None else (min(lo, record[0]), max(hi, record[1]))
+
+
 class ActQuant(nn.Module):
     """One int8 activation tensor: tracks its range while training, rounds to it.
 
@@ -72,8 +78,7 @@ class ActQuant(nn.Module):
         if self.mode == "off":
             return x
         if self.mode == "record":
-            lo, hi = float(x.detach().amin()), float(x.detach().amax())
-            self.record = (lo, hi) if self.record is None else (min(lo, self.record[0]), max(hi, self.record[1]))
+            self.record = _widened(self.record, x)
             return x
         if self.training and not bool(self.frozen):
             self._track(x.detach())
@@ -105,8 +110,7 @@ class TiedQuant(nn.Module):
 
     def forward(self, x):
         if self.mode == "record":
-            lo, hi = float(x.detach().amin()), float(x.detach().amax())
-            self.record = (lo, hi) if self.record is None else (min(lo, self.record[0]), max(hi, self.record[1]))
+            self.record = _widened(self.record, x)
             return x
         if self.mode == "off" or not bool(self.owner.seen):
             return x
