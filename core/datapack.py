@@ -1,6 +1,6 @@
 """Pack a folder of training images into shards small enough to travel with a checkout, losslessly.
 
-    python core/datapack.py pack   --data ../shared/train --out data/packs --max-mib 30 --holdout 16
+    python core/datapack.py pack   --data /path/to/train_images --out data/packs --max-mib 30 --holdout 16
     python core/datapack.py verify --packs data/packs
     python core/datapack.py unpack --packs data/packs --out /tmp/train
 

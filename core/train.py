@@ -1,6 +1,6 @@
 """Train DRSAN with the paper's recipe (docs/model.md), resumable, on CPU, CUDA or several GPUs.
 
-    python core/train.py --variant 32s --scale 4 --data ../shared/train --out runs/32s_x4 --iters 20000
+    python core/train.py --variant 32s --scale 4 --data /path/to/train_images --out runs/32s_x4 --iters 20000
 
 Random 48x48 LR patches (LR made from HR with the kit's MATLAB-compatible bicubic),
 flips and 90-degree rotations, batch 16, Adam (0.9, 0.999, 1e-8), L1 loss (or

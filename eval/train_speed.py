@@ -2,7 +2,7 @@
 or, with --data, the trainer end to end with the training set held on the device.
 
     python eval/train_speed.py --variant 32s --scale 4 --patch 64 --batch 16 --threads 2
-    python eval/train_speed.py --data ../shared/train --batch 256 --steps 200 --compile --out speed.md
+    python eval/train_speed.py --data /path/to/train_images --batch 256 --steps 200 --compile --out speed.md
 
 Why it exists: `core/train.py` picks bf16 autocast and the channels_last layout on a
 CPU by default; this shows what each choice is worth here. The arms take turns
