@@ -160,6 +160,12 @@ def reference_outputs(model, inputs: np.ndarray) -> np.ndarray:
         return np.concatenate([model(x[i : i + 1]).clamp(0, 1).permute(0, 2, 3, 1).numpy() for i in range(len(x))])
 
 
+def check_crops(tile, n: int) -> tuple[np.ndarray, str]:
+    """The crops every converter checks its artifacts on (fixed seed): (crops, where they come from)."""
+    images, desc = sample_images()
+    return random_crops(images, tile, n, seed=CHECK_SEED), desc
+
+
 def compare(outputs: np.ndarray, reference: np.ndarray) -> dict:
     """Fidelity of an artifact's outputs to the reference: worst-case PSNR (dB, RGB [0, 1]) and max abs error."""
     from drsan_kit.core.metrics import psnr
@@ -167,6 +173,19 @@ def compare(outputs: np.ndarray, reference: np.ndarray) -> dict:
     per = [psnr(o, r, data_range=1.0) for o, r in zip(outputs, reference)]
     return {"psnr_vs_reference_db": round(float(min(per)), 3), "mean_psnr_vs_reference_db": round(float(np.mean(per)), 3),
             "max_abs_error": round(float(np.max(np.abs(outputs - reference))), 6), "images": len(per)}
+
+
+def check_artifact(run, crops: np.ndarray, reference: np.ndarray, precision: str, label: str,
+                   method: str = "", estimate: bool = False) -> dict:
+    """The one artifact check every converter runs: each crop through `run` (an open backend, or anything
+    that maps an (h, w, 3) tile to its (h*s, w*s, 3) output), compared with the FP32 reference on the same
+    crops and held to the precision's tolerance. Returns the manifest's check record; ConversionError when
+    the artifact is outside the tolerance. method/estimate say how it ran when that was not the artifact's
+    own runtime (the CoreML estimate off macOS)."""
+    outputs = np.stack([run(c) for c in crops])
+    check = compare(outputs, reference) | ({"method": method} if method else {}) | (
+        {"estimate": True} if estimate else {})
+    return enforce(check, precision, label + (" (estimate)" if estimate else ""))
 
 
 def enforce(check: dict, precision: str, label: str) -> dict:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from drsan_kit.converters import common
+from drsan_kit.edge_runtime.backends import open_backend
 from drsan_kit.edge_runtime.contract import argtype, parse_artifact_tile, parse_tiles
 
 LICENSE = "MIT (code and weights of drsan-edge-kit)"
@@ -97,27 +98,12 @@ def structural_check(path: Path, tiles, scale: int) -> dict:
     return {"default_shape": default, "enumerated_shapes": enumerated or [default], "program_ops": ops}
 
 
-def prediction_check(mlmodel, crops, reference, precision: str, label: str) -> dict:
-    outputs = np.stack([mlmodel.predict({"lr": c.transpose(2, 0, 1)[None]})["sr"][0].transpose(1, 2, 0) for c in crops])
-    check = common.enforce(common.compare(outputs, reference), precision, label)
-    check["method"] = "CoreML prediction on macOS vs FP32 PyTorch"
-    return check
-
-
-def emulated_check(model, crops, reference, precision: str, label: str, int8_weights: bool) -> dict:
-    """Linux: the PyTorch model with FP16 rounding stands in for CoreML (an estimate)."""
+def emulated_backend(model, precision: str):
+    """Off macOS: the PyTorch model with FP16 rounding of weights and layer outputs stands in for CoreML."""
     from drsan_kit.core.fp16 import fp16_emulated
+    from drsan_kit.edge_runtime.backends import open_backend
 
-    if precision == "fp32" and not int8_weights:
-        return {"method": "structural only (fp32 program; no prediction on this OS)", "estimate": True}
-    emu = fp16_emulated(model) if precision == "fp16" else model
-    check = common.compare(common.reference_outputs(emu, crops), reference)
-    check.update({"method": "ESTIMATE: PyTorch with FP16 rounding of weights and layer outputs "
-                            "(CoreML prediction needs macOS)", "estimate": True})
-    if int8_weights:
-        check["method"] += "; int8 weight compression not emulated"
-    common.enforce(check, precision, label + " (FP16 emulation)")
-    return check
+    return open_backend("torch", model=fp16_emulated(model) if precision == "fp16" else model)
 
 
 def main(argv=None):
@@ -134,8 +120,7 @@ def main(argv=None):
     out = common.prepare_out(args.out)
     model, blob, weights = common.load_reference(args)
     tiles = [args.tile] + [t for t in args.extra_tiles if t != args.tile]
-    images, desc = common.sample_images()
-    crops = common.random_crops(images, args.tile, args.check_images, seed=common.CHECK_SEED)
+    crops, desc = common.check_crops(args.tile, args.check_images)
     reference = common.reference_outputs(model, crops)
     label = args.precision + ("_w8" if args.weights_int8 else "")
     name = f"drsan_{args.variant}_x{args.scale}_{args.tile[0]}x{args.tile[1]}_{label}.mlpackage"
@@ -155,10 +140,16 @@ def main(argv=None):
         print(f"  structure: ML Program, {structure['program_ops']} ops, input lr {structure['default_shape']}, "
               f"{len(structure['enumerated_shapes'])} shape(s)")
         if platform.system() == "Darwin":
-            check = prediction_check(mlmodel, crops, reference, args.precision, name)
+            check = common.check_artifact(open_backend("coreml", staged, scale=args.scale), crops, reference, label,
+                                          name, method="CoreML prediction on macOS vs FP32 PyTorch")
+        elif args.precision == "fp32" and not args.weights_int8:
+            check = {"method": "structural only (fp32 program; no prediction on this OS)", "estimate": True}
         else:
             print("  note: CoreML prediction needs macOS; estimating FP16 error with PyTorch FP16 emulation")
-            check = emulated_check(model, crops, reference, args.precision, name, args.weights_int8)
+            method = ("ESTIMATE: PyTorch with FP16 rounding of weights and layer outputs (CoreML prediction needs "
+                      "macOS)" + ("; int8 weight compression not emulated" if args.weights_int8 else ""))
+            check = common.check_artifact(emulated_backend(model, args.precision), crops, reference, label, name,
+                                          method=method, estimate=True)
         check["structure"] = structure
         check["images_from"] = desc
         final = out / name

@@ -9,21 +9,17 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from drsan_kit.converters import common
 from drsan_kit.converters.export import deploy_model, export_onnx
 
 
 def convert_onnx(model, tile, out: Path, name: str, dynamic: bool, crops, reference) -> dict:
     """Export, run with ONNX Runtime on the check crops, enforce the fp32 tolerance; returns the manifest record."""
-    from drsan_kit.edge_runtime.backends.onnx import OnnxBackend
+    from drsan_kit.edge_runtime.backends import open_backend
 
     with tempfile.TemporaryDirectory(prefix="drsan-onnx-", dir=out) as tmp:
         staged = export_onnx(deploy_model(model), Path(tmp) / name, tile, dynamic=dynamic)
-        backend = OnnxBackend(staged, scale=model.scale)
-        outputs = np.stack([backend(c) for c in crops])
-        check = common.enforce(common.compare(outputs, reference), "fp32", name)
+        check = common.check_artifact(open_backend("onnx", staged, scale=model.scale), crops, reference, "fp32", name)
         path = Path(shutil.move(str(staged), out / name))   # only a checked file reaches --out
     return common.artifact_record(path, "onnx", "fp32", tile, dynamic, check, opset=17,
                                   runtime="onnxruntime CPU")
@@ -37,8 +33,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     out = common.prepare_out(args.out)
     model, blob, weights = common.load_reference(args)
-    images, desc = common.sample_images()
-    crops = common.random_crops(images, args.tile, args.check_images)
+    crops, desc = common.check_crops(args.tile, args.check_images)
     reference = common.reference_outputs(model, crops)
     suffix = "dynamic" if args.dynamic else f"{args.tile[0]}x{args.tile[1]}"
     name = f"drsan_{args.variant}_x{args.scale}_{suffix}.onnx"

@@ -24,19 +24,17 @@ the same function, with per-channel slopes, from ops XNNPACK runs in int8.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
-import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from drsan_kit.converters import common, qat_ranges
-from drsan_kit.converters.export import PRELU_FORMS, deploy_model, export_onnx
+from drsan_kit.converters import common
+from drsan_kit.converters.export import PRELU_FORMS
+from drsan_kit.converters.tflite import build_saved_model, convert_mode, convert_qat, load_qat
+from drsan_kit.edge_runtime.backends import open_backend
 from drsan_kit.edge_runtime.contract import PRECISIONS, PTQ, QAT, TFLITE_MODES
 
 
@@ -47,135 +45,6 @@ def parse_quant(text: str) -> list[str]:
         raise argparse.ArgumentTypeError(f"unknown quantization {','.join(bad) or text!r}; "
                                          f"choose from {', '.join(TFLITE_MODES)} or all")
     return modes
-
-
-@contextlib.contextmanager
-def quiet(enabled: bool = True):
-    """Silence TensorFlow's and onnx2tf's chatter (C++ logs go to fd 2) unless --verbose."""
-    if not enabled:
-        yield
-        return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(2), os.dup(1)
-    with open(os.devnull, "w") as null:
-        os.dup2(null.fileno(), 2)
-        os.dup2(null.fileno(), 1)
-        try:
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                yield
-        finally:
-            os.dup2(saved[0], 2)
-            os.dup2(saved[1], 1)
-            os.close(saved[0])
-            os.close(saved[1])
-
-
-def onnx_to_saved_model(onnx_path: Path, workdir: Path, sample: np.ndarray, verbose: bool) -> Path:
-    """onnx2tf's TensorFlow path; its self-check data is our own sample crops, never a download."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import onnx2tf
-    import onnx2tf.onnx2tf as o2t_module
-
-    # onnx2tf fetches a sample-image file from the internet to test image-shaped models; give it ours.
-    o2t_module.download_test_image_data = lambda: sample
-    out = workdir / "saved_model"
-    with quiet(not verbose):
-        onnx2tf.convert(input_onnx_file_path=str(onnx_path), output_folder_path=str(out),
-                        copy_onnx_input_output_names_to_tflite=True, output_signaturedefs=True,
-                        non_verbose=not verbose)
-    if not (out / "saved_model.pb").is_file():
-        raise common.ConversionError(f"onnx2tf produced no SavedModel from {onnx_path}")
-    return out
-
-
-def build_saved_model(model, tile, workdir: Path, decomposed: bool, sample: np.ndarray, verbose: bool,
-                      prelu_form: str = "sub") -> Path:
-    """PyTorch model -> deployable ONNX (DCR, clamped; PReLU decomposed for integer modes) -> SavedModel."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    deployable = deploy_model(model, decompose_prelu=decomposed, prelu_form=prelu_form)
-    onnx_path = export_onnx(deployable, workdir / "model.onnx", tile)
-    return onnx_to_saved_model(onnx_path, workdir, sample, verbose)
-
-
-def make_converter(saved_model: Path, mode: str, calib: np.ndarray):
-    """A TFLiteConverter set up for one quantization mode (calibrated on `calib` for the integer ones)."""
-    import tensorflow as tf
-    from tqdm import tqdm
-
-    conv = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
-    spec = PRECISIONS[mode]
-    if spec.weights == "float16":
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.target_spec.supported_types = [tf.float16]
-    elif spec.integer:
-        def representative():
-            for x in tqdm(calib, desc=f"calibrating {mode}", leave=False, disable=None):
-                yield [x[None]]
-
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.representative_dataset = representative
-        if spec.activations == "int16":
-            # DEPTH_TO_SPACE has no 16x8 kernel: the two upsampler shuffles stay float.
-            conv.target_spec.supported_ops = [
-                tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8,
-                tf.lite.OpsSet.TFLITE_BUILTINS]
-        else:
-            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        if spec.io == "int8":
-            conv.inference_input_type = tf.int8
-            conv.inference_output_type = tf.int8
-    return conv
-
-
-def convert_mode(saved_model: Path, mode: str, calib: np.ndarray, verbose: bool) -> bytes:
-    conv = make_converter(saved_model, mode, calib)
-    with quiet(not verbose):
-        return conv.convert()
-
-
-def load_qat(path: str, args):
-    """(fine-tuned model, its learned ranges, the manifest's description) of a --qat checkpoint."""
-    from drsan_kit.core.checkpoint import CheckpointError, load_checkpoint
-    from drsan_kit.edge_runtime.contract import sha256
-
-    try:
-        model, blob = load_checkpoint(path, args.variant, args.scale)
-    except CheckpointError as exc:
-        raise common.ConversionError(str(exc)) from None
-    qat = blob.get("meta", {}).get("qat")
-    if not qat or not qat.get("ranges"):
-        raise common.ConversionError(f"{path}: not a quantization-aware checkpoint (no int8 ranges in its "
-                                     f"metadata); make one with core/train.py --qat")
-    about = {"checkpoint": common.shown_path(path), "checkpoint_sha256": sha256(Path(path)),
-             "iterations": qat.get("iterations"), "init_from": qat.get("init_from"),
-             "validation": blob["meta"].get("validation", {}).get("set")}
-    return model, qat["ranges"], about
-
-
-def convert_qat(saved_model: Path, model, ranges: dict, mode: str, crops: np.ndarray, verbose: bool):
-    """int8 TFLite from the fine-tuned model's SavedModel with the learned ranges written in."""
-    import torch
-
-    from drsan_kit.core import qat
-
-    sim = qat.prepare(model)
-    try:
-        qat.load_ranges(sim, ranges)
-    except ValueError as exc:
-        raise common.ConversionError(str(exc)) from None
-    float_sim = qat.recorded_ranges(sim, torch.from_numpy(crops.transpose(0, 3, 1, 2).copy()))
-    with quiet(not verbose):
-        return qat_ranges.qat_quantize(make_converter(saved_model, "int8", crops), crops, float_sim, ranges,
-                                       io_int8=mode == "int8_io")
-
-
-def check_tflite(path: Path, mode: str, crops: np.ndarray, reference: np.ndarray, threads: int) -> dict:
-    from drsan_kit.edge_runtime.backends.tflite import TFLiteBackend
-
-    backend = TFLiteBackend(path, threads=threads)
-    outputs = np.stack([backend(c) for c in crops])
-    return common.enforce(common.compare(outputs, reference), mode, path.name)
 
 
 def main(argv=None):
@@ -208,9 +77,8 @@ def main(argv=None):
     out = common.prepare_out(args.out)
     model, blob, weights = common.load_reference(args)
     qat_model, qat_ranges_, qat_about = load_qat(args.qat, args) if args.qat else (None, None, None)
-    check_images, check_desc = common.sample_images()
+    crops, check_desc = common.check_crops(args.tile, args.check_images)
     calib_images, calib_desc = common.sample_images(args.calib)
-    crops = common.random_crops(check_images, args.tile, args.check_images, seed=common.CHECK_SEED)
     calib_all = common.random_crops(calib_images, args.tile, args.calib_count, seed=common.CALIB_SEED)
     calib, dropped = calib_all, 0
     if any(PRECISIONS[m].calibration == "drop-outliers" for m in args.quant) and not args.qat:
@@ -243,7 +111,7 @@ def main(argv=None):
             key = "qat" if uses_qat(mode) else PRECISIONS[mode].prelu
             if key not in graphs:
                 t0 = time.time()
-                sample = common.random_crops(check_images, args.tile, 4, seed=3)
+                sample = common.random_crops(common.sample_images()[0], args.tile, 4, seed=3)
                 graphs[key] = build_saved_model(qat_model if key == "qat" else model, args.tile, tmp / key,
                                                 key != "native", sample, args.verbose, args.prelu)
                 print(f"  onnx2tf ({key} PReLU): SavedModel in {time.time() - t0:.0f} s")
@@ -270,7 +138,8 @@ def main(argv=None):
             if qat_summary:
                 print(f"    {qat_summary['tensors_with_learned_range']} tensors took a learned range, "
                       f"{qat_summary['tensors_calibrated']} kept the calibrated one (slices, sigmoid outputs)")
-            check = check_tflite(staged, mode, crops, reference, args.threads)
+            check = common.check_artifact(open_backend("tflite", staged, threads=args.threads), crops, reference,
+                                          mode, staged.name)
             check["images_from"] = check_desc
             final = out / staged.name
             shutil.move(staged, final)   # only checked files reach --out

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from drsan_kit.core.datasets import load_pairs
 from drsan_kit.core.holdout import describe, holdout_pairs, split_holdout
-from drsan_kit.core.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from drsan_kit.core.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from drsan_kit.core.device_sampler import DeviceSampler, image_weights
 from drsan_kit.core.device_sampler import load_pairs as load_training_pairs
 from drsan_kit.core.images import list_images
@@ -196,6 +196,17 @@ def init_from(model, path, log):
     log(f"init from {path} (x{src['scale']}): {len(taken)}/{len(own)} tensors copied")
 
 
+def load_teacher(path, args, device, layout, log):
+    """The frozen float model whose outputs --teacher trains towards."""
+    try:
+        teacher, _ = load_checkpoint(path, args.variant, args.scale)
+    except (CheckpointError, OSError) as exc:
+        raise SystemExit(f"error: --teacher: {exc}") from None
+    teacher.to(device, memory_format=layout).eval().requires_grad_(False)
+    log(f"distilling from {path}: the loss compares with its output, not the HR patch")
+    return teacher
+
+
 @contextmanager
 def stop_on_signals():
     """Ctrl-C or SIGTERM: finish the iteration, save last.pt and model.pt, stop. A second Ctrl-C stops at once."""
@@ -271,6 +282,10 @@ def parse_args(argv=None):
     ap.add_argument("--qat-freeze", type=int, default=None, metavar="ITER",
                     help="with --qat: stop tracking the int8 ranges at this iteration and fine-tune the weights "
                          "to the frozen ranges for the rest of the run")
+    ap.add_argument("--teacher", default=None, metavar="CKPT",
+                    help="distil: the loss compares the output with this float checkpoint's output (same variant "
+                         "and scale) instead of the HR patch. With --qat and the shipped float checkpoint as teacher "
+                         "the loss is exactly the int8 error the drift report measures")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     ap.add_argument("--init-from", default=None, help="checkpoint of another scale to start the body from")
     ap.add_argument("--save-every", type=int, default=250, help="write last.pt every N iterations")
@@ -356,6 +371,7 @@ def main(argv=None):
             qat.load_range_state(scored, ts["qat"])
         net = torch.nn.parallel.DistributedDataParallel(scored) if ddp else scored
         args.amp = "off"   # rounding to int8 steps needs fp32 arithmetic
+    teacher = load_teacher(args.teacher, args, device, layout, log) if args.teacher else None
     if args.compile:
         net = torch.compile(net)
     amp = autocast_dtype(args, device)
@@ -383,12 +399,14 @@ def main(argv=None):
             "data_on_device": on_device, "compile": args.compile,
             "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
             "machine": f"{platform.machine()} {os.cpu_count()} cores", "init_from": args.init_from,
+            "teacher": args.teacher,
             "command": "python core/train.py " + " ".join(sys.argv[1:]) if argv is None else "main(" + repr(argv) + ")",
         }, "validation": val_info | {"psnr_y": state["best_val"], "convention": "authors"},
             **({"qat": qat_meta()} if args.qat else {})}
 
     def qat_meta():
         return {"ranges": qat.ranges(scored), "iterations": state["iteration"], "init_from": args.init_from,
+                "teacher": args.teacher,
                 "ranges_frozen_at": args.qat_freeze if qat.is_frozen(scored) else None,
                 "graph": "int8 TFLite, PReLU spelled sub",
                 "validation": "int8 simulation"}
@@ -426,6 +444,9 @@ def main(argv=None):
             if args.qat and it == args.qat_freeze:
                 qat.freeze_ranges(scored)
             lr_b, hr_b = (t.to(device, non_blocking=True).float().div_(255.0) for t in next(feed))
+            if teacher is not None:
+                with torch.no_grad():
+                    hr_b = teacher(lr_b.contiguous(memory_format=layout)).float()
             loss = train_step(net, opt, loss_fn, lr_b.contiguous(memory_format=layout), hr_b, amp)
             if ema is not None:
                 ema.update_parameters(model)
@@ -455,7 +476,7 @@ def main(argv=None):
                 # with --time-budget the bar's ETA (from --iters, a mere cap) means nothing: show the budget left
                 left = {} if args.time_budget is None else {
                     "budget_left": f"{max(0.0, args.time_budget - state['seconds'] / 60):.0f}min"}
-                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr_now:.2e}", **left, refresh=False)
+                bar.set_postfix(loss=f"{mean_loss:.3g}", lr=f"{lr_now:.2e}", **left, refresh=False)
                 if rank == 0:
                     writer.writerow([done, round(mean_loss, 6), lr_now, round(state["seconds"], 1),
                                      "" if val is None else round(val, 4)])

@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from drsan_kit.core.variants import SCALES, VARIANTS
-from drsan_kit.edge_runtime.backends import open_backend
-from drsan_kit.edge_runtime.contract import (DEFAULT_MARGIN, DEFAULT_TILE, QAT, argtype, format_tile, parse_tile,
-                                             read_manifest)
+from drsan_kit.edge_runtime.artifact import open_artifact
+from drsan_kit.edge_runtime.backends import BackendError, open_backend
+from drsan_kit.edge_runtime.contract import (DEFAULT_MARGIN, DEFAULT_TILE, QAT, WHOLE_FRAME, Window, argtype,
+                                             artifact_kinds, choose_window, format_tile, parse_tile, read_manifest)
 from drsan_kit.edge_runtime.upscaler import Upscaler, time_frames
-from drsan_kit.edge_runtime.verify import ArtifactError, verify_artifact
 from drsan_kit.eval import provenance
 
 
@@ -74,36 +74,34 @@ def main(argv=None):
     ap.add_argument("--md", type=Path, default=None, help="write results as a Markdown table")
     args = ap.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
-    entries = []
-    try:   # every artifact before any timing: a damaged one would crash the interpreter half-way through
-        if args.artifacts:
-            manifest = read_manifest(args.artifacts)
-            entries = [e for e in (manifest.artifacts if manifest else [])
-                       if e.format in ("onnx", "tflite") and e.precision not in skip]
-        for e in entries:
-            verify_artifact(args.artifacts / e.file, e.format, args.scale)
-    except (ArtifactError, ValueError) as exc:
+    runnable = [k for k in artifact_kinds() if k != "coreml" or platform.system() == "Darwin"]
+    threads = args.threads or os.cpu_count()
+    opened = []
+    try:   # every artifact verified and opened before any timing: a damaged one would crash half-way through
+        manifest = read_manifest(args.artifacts) if args.artifacts else None
+        for e in (manifest.artifacts if manifest else []):
+            if e.format in runnable and e.precision not in skip:
+                opened.append(open_artifact(args.artifacts / e.file, e.format, scale=args.scale, threads=threads,
+                                            flexible_default=args.tile))
+    except (BackendError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    threads = args.threads or os.cpu_count()
     frame = test_frame(args.frame)
-    tile = args.tile
     rows = []
 
-    def bench(label, backend, tile_hw, note=""):
+    def bench(label, backend, window: Window, note=""):
         if label in skip:
             return
         print(f"timing {label} ...", file=sys.stderr, flush=True)
-        up = Upscaler(backend, tile=tile_hw, margin=args.margin)
+        up = Upscaler(backend, margin=args.margin, window=window)
         r = None
-        if tile_hw is not None:
-            window = frame[: up.tile[0], : up.tile[1]]
-            one = time_frames(Upscaler(backend, tile=up.tile, margin=args.margin), window, 1)
+        if window.tile is not None:
+            one = time_frames(up, frame[: window.tile[0], : window.tile[1]], 1)
             if one["median_ms"] / 1000 > args.slow:
                 windows = up.windows(*frame.shape[:2])
                 ms = one["median_ms"] * windows
                 s = backend.scale
-                r = {"input": f"{frame.shape[1]}x{frame.shape[0]}", "tile": list(up.tile), "windows": windows,
+                r = {"input": f"{frame.shape[1]}x{frame.shape[0]}", "tile": list(window.tile), "windows": windows,
                      "runs": 1, "median_ms": ms, "min_ms": ms, "estimated": True,
                      "output_mp_per_s": frame.shape[0] * frame.shape[1] * s * s / 1e6 / (ms / 1000)}
                 note += f" (estimated: one window took {one['median_ms'] / 1000:.0f} s, times {windows} windows)"
@@ -112,19 +110,20 @@ def main(argv=None):
         r.update({"backend": label, "note": note})
         rows.append(r)
 
+    whole = Window(None, pad=False)
     torch_backend = open_backend("torch", args.weights, variant=args.variant, scale=args.scale, threads=threads)
-    bench("torch-full", torch_backend, None, "PyTorch eager FP32, whole frame")
-    bench("torch", torch_backend, tile, "PyTorch eager FP32, tiled")
-    for e in entries:
-        backend = open_backend(e.format, args.artifacts / e.file, threads=threads, scale=args.scale)
+    bench("torch-full", torch_backend, whole, "PyTorch eager FP32, whole frame")
+    bench("torch", torch_backend, choose_window(None, False, args.tile), "PyTorch eager FP32, tiled")
+    for art in opened:
+        e = art.entry
         name = f"{e.format}-{e.precision}" + ("-qat" if e.quantization == QAT else "") + \
             ("-dynamic" if e.dynamic_shape else "")
         if e.dynamic_shape:
-            bench(name + "-full", backend, None, "one-shot, whole frame")
-        bench(name, backend, tile, e.file)
+            bench(name + "-full", art.backend, whole, "one-shot, whole frame")
+        bench(name, art.backend, art.window, e.file)
         if e.format == "tflite" and e.precision in args.whole_frame.split(","):
-            backend.take_any_window()
-            bench(name + "-full", backend, None, "one-shot, whole frame (interpreter resized)")
+            one_shot = open_artifact(art.path, e.format, scale=args.scale, window=WHOLE_FRAME, threads=threads)
+            bench(name + "-full", one_shot.backend, one_shot.window, "one-shot, whole frame (interpreter resized)")
     ref = next((r for r in rows if r["backend"] == "torch-full"), rows[0])
     for r in rows:
         r["speed_vs_torch"] = r["output_mp_per_s"] / ref["output_mp_per_s"]

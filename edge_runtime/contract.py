@@ -1,5 +1,6 @@
-"""What converters, the runtime and eval agree on, defined once: the tile spec, the
-precisions (with their quantization modes and check tolerances) and the manifest.
+"""What converters, the runtime and eval agree on, defined once: the tile spec and the
+window rule, the precisions (with their quantization modes and check tolerances), the
+backend registry and the manifest.
 
 Standard library only (no numpy, no torch), so that any part of the kit, and the device
 path in particular, can read it. It lives in edge_runtime because that is the part every
@@ -81,6 +82,30 @@ def argtype(parse: Callable[[str], T]) -> Callable[[str], T]:
 
 
 @dataclass(frozen=True)
+class Window:
+    """How frames are cut for one model: the LR window (None: each frame whole) and whether a window
+    smaller than it (a frame smaller than the tile) is padded up to it."""
+    tile: Tile | None
+    pad: bool
+
+
+def choose_window(model_tile: Tile | None, resizable: bool, requested: Tile | int | None = None,
+                  flexible_default: Tile | int = DEFAULT_TILE) -> Window:
+    """The one rule for which window runs and whether it is padded.
+
+    model_tile: the model's fixed input (h, w), or None for a shape-flexible model (dynamic ONNX, torch,
+    or a resizable model told to take any window). requested: a window, WHOLE_FRAME, or None for the
+    default. A fixed-shape model runs its own tile; a resizable one (TFLite) runs a smaller frame at the
+    frame's own size, the others pad it. A shape-flexible model runs the requested window (when none is,
+    flexible_default: DEFAULT_TILE for the runtime, WHOLE_FRAME where the paper's protocol is wanted) and
+    never pads: a smaller frame runs whole.
+    """
+    if model_tile is not None:
+        return Window(tuple(model_tile), pad=not resizable)
+    return Window(window_tile(flexible_default if requested is None else requested), pad=False)
+
+
+@dataclass(frozen=True)
 class Tolerance:
     """What a converter's check demands of an artifact against the FP32 PyTorch model on the same crops:
     worst-crop PSNR (dB, RGB in [0, 1]) at least min_psnr and max abs error at most max_abs."""
@@ -147,6 +172,76 @@ def precision(name: str) -> Precision:
         return PRECISIONS[name]
     except KeyError:
         raise ValueError(f"unknown precision {name!r}; known: {', '.join(PRECISIONS)}") from None
+
+
+# --- Backends: one entry per runtime, keyed by format, found by file extension --------------------------
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """A runtime the kit can run models with, and what it can do. The class is imported only when a
+    model is opened, so that reading this table never imports torch, TensorFlow or an interpreter."""
+    kind: str                      # the format name: run.py's flag, the manifest's "format"
+    extensions: tuple[str, ...]    # file suffixes of its models ("" for none: torch takes a checkpoint)
+    module: str                    # module under edge_runtime/backends/ that holds the class
+    cls: str                       # the backend class
+    resizable: bool = False        # a fixed-shape model file that still runs windows of other sizes
+    coefficients: bool = False     # takes the DRA coefficients from outside (Upscaler coeffs="frame")
+    artifact: bool = True          # a format converters write and manifests list (torch is the reference)
+    install: str = ""              # what to install when the runtime is missing
+    help: str = ""                 # one line for command-line help: what file it takes
+
+
+BACKENDS: dict[str, BackendSpec] = {}
+
+
+def register_backend(spec: BackendSpec) -> BackendSpec:
+    """Add a runtime (see docs/extending.md); a kind or extension that is already taken is an error."""
+    if spec.kind in BACKENDS:
+        raise ValueError(f"backend {spec.kind!r} is already registered")
+    taken = {e for b in BACKENDS.values() for e in b.extensions if e}
+    if clash := taken.intersection(spec.extensions):
+        raise ValueError(f"backend {spec.kind!r}: extension {sorted(clash)[0]} already belongs to another backend")
+    BACKENDS[spec.kind] = spec
+    return spec
+
+
+for _spec in (
+    BackendSpec("tflite", (".tflite",), "tflite", "TFLiteBackend", resizable=True,
+                install="pip install ai-edge-litert (or tflite-runtime, or tensorflow)",
+                help="a .tflite model from converters/to_tflite.py"),
+    BackendSpec("onnx", (".onnx",), "onnx", "OnnxBackend", install="pip install onnxruntime",
+                help="an .onnx model from converters/to_onnx.py"),
+    BackendSpec("coreml", (".mlpackage",), "coreml", "CoreMLBackend", install="pip install coremltools (macOS)",
+                help="an .mlpackage from converters/to_coreml.py (macOS only)"),
+    BackendSpec("torch", (), "torch", "TorchBackend", coefficients=True, artifact=False,
+                install="pip install -e '.[torch]'", help="the PyTorch reference (needs torch; see --weights)"),
+):
+    register_backend(_spec)
+
+
+def backend_spec(kind: str) -> BackendSpec:
+    try:
+        return BACKENDS[kind]
+    except KeyError:
+        raise ValueError(f"unknown backend {kind!r}; known: {', '.join(BACKENDS)}") from None
+
+
+def artifact_kinds() -> tuple[str, ...]:
+    """The formats converters write (the registry's artifact backends), in registration order."""
+    return tuple(k for k, b in BACKENDS.items() if b.artifact)
+
+
+def kind_of_path(path) -> str | None:
+    """The backend kind whose extension `path` has, or None."""
+    suffix = Path(path).suffix.lower()
+    return next((b.kind for b in BACKENDS.values() if suffix and suffix in b.extensions), None)
+
+
+def abilities(backend) -> BackendSpec | None:
+    """The registry entry of an open backend (by its `kind`), or None for an object the registry does not
+    know, which then has no declared abilities."""
+    return BACKENDS.get(getattr(backend, "kind", None))
 
 
 # --- The manifest: <out>/manifest.json, written by the converters beside their artifacts -------------

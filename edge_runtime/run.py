@@ -23,11 +23,11 @@ from tqdm import tqdm
 
 from drsan_kit.core.images import (IMAGE_EXTENSIONS, ImageError, frame_count, holds_frames, load_frames,
                                    load_image, missing_reader, save_animation, save_image)
+from drsan_kit.edge_runtime.artifact import open_artifact
 from drsan_kit.edge_runtime.backends import BackendError, open_backend
-from drsan_kit.edge_runtime.contract import (DEFAULT_MARGIN, DEFAULT_TILE, WHOLE_FRAME, argtype, artifact_entry,
+from drsan_kit.edge_runtime.contract import (DEFAULT_MARGIN, DEFAULT_TILE, argtype, artifact_kinds, backend_spec, choose_window,
                                              format_tile, parse_window, window_tile)
 from drsan_kit.edge_runtime.upscaler import Upscaler, time_frames
-from drsan_kit.edge_runtime.verify import verify_artifact
 from drsan_kit.edge_runtime.video import VIDEO_EXTENSIONS, VideoError, VideoWriter, probe, read_frames
 
 
@@ -47,10 +47,9 @@ def parse_args(argv=None):
         description="Super-resolve images, folders of images and videos with a DRSAN model, tile by tile.",
         epilog="Outputs go to --out (default ./results) as <name>_x<scale>.<ext>; inputs are never overwritten.")
     src = ap.add_argument_group("model (pick one)").add_mutually_exclusive_group(required=True)
-    src.add_argument("--tflite", metavar="FILE", help="a .tflite model from converters/to_tflite.py")
-    src.add_argument("--onnx", metavar="FILE", help="an .onnx model from converters/to_onnx.py")
-    src.add_argument("--coreml", metavar="FILE", help="an .mlpackage from converters/to_coreml.py (macOS only)")
-    src.add_argument("--torch", action="store_true", help="the PyTorch reference (needs torch; see --weights)")
+    for kind in artifact_kinds():   # one flag per registered artifact format
+        src.add_argument(f"--{kind}", metavar="FILE", help=backend_spec(kind).help)
+    src.add_argument("--torch", action="store_true", help=backend_spec("torch").help)
     ap.add_argument("inputs", nargs="*", help="image files, folders (searched recursively) or video files")
     ap.add_argument("--variant", default="32s", help="--torch: model variant (default 32s)")
     ap.add_argument("--scale", type=int, default=None,
@@ -80,22 +79,14 @@ def parse_args(argv=None):
 
 
 def open_model(args):
+    """(backend, window, manifest (model, entry) or None) for the model the flags name."""
     if args.torch:
-        return open_backend("torch", args.weights, variant=args.variant, scale=args.scale or 4,
-                            threads=args.threads), None
-    kind, path = next((k, getattr(args, k)) for k in ("tflite", "onnx", "coreml") if getattr(args, k))
-    found = artifact_entry(path)
-    scale = args.scale
-    if found:
-        model_info, entry = found
-        if scale and scale != model_info.scale:
-            raise BackendError(f"{path}: manifest says x{model_info.scale}, but --scale {scale} was given")
-        scale = model_info.scale
-    verify_artifact(path, kind, scale)   # a damaged file would crash the interpreter instead of raising
-    backend = open_backend(kind, path, threads=args.threads, scale=scale)
-    if found:
-        backend.precision = entry.precision
-    return backend, found
+        backend = open_backend("torch", args.weights, variant=args.variant, scale=args.scale or 4,
+                               threads=args.threads)
+        return backend, choose_window(None, False, args.tile), None
+    kind, path = next((k, getattr(args, k)) for k in artifact_kinds() if getattr(args, k, None))
+    art = open_artifact(path, kind, scale=args.scale, window=args.tile, threads=args.threads)
+    return art.backend, art.window, (art.model, art.entry) if art.entry else None
 
 
 def collect(inputs: list[str]) -> list[tuple[Path, Path]]:
@@ -212,7 +203,8 @@ def benchmark(up: Upscaler, src: Path, runs: int, backend, model_desc: str):
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        backend, found = open_model(args)
+        backend, window, found = open_model(args)
+        up = Upscaler(backend, margin=args.margin, window=window)
     except (BackendError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -222,15 +214,8 @@ def main(argv=None) -> int:
         desc = f"DRSAN-{model_info.variant} x{backend.scale} {entry.precision} (tile {tile}; from manifest.json)"
     else:
         desc = f"x{backend.scale}, input {backend.input_hw or 'dynamic'} (no manifest beside the model)"
-    if args.tile is not None and getattr(backend, "resizable", False):
-        backend.take_any_window()
-        desc += f"; --tile {'whole frame' if args.tile == WHOLE_FRAME else format_tile(args.tile)}"
-    tile = DEFAULT_TILE if args.tile is None else window_tile(args.tile)
-    try:
-        up = Upscaler(backend, tile=tile, margin=args.margin)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.tile is not None and not args.torch and window.tile != (entry.tile if found else None):
+        desc += f"; --tile {'whole frame' if window.tile is None else format_tile(window.tile)}"
     items = collect(args.inputs)
     if args.benchmark:
         if not items or not items[0][0].is_file():

@@ -12,7 +12,7 @@ import numpy as np
 
 from drsan_kit.core.images import LoadedImage
 from drsan_kit.core.imresize import imresize
-from drsan_kit.edge_runtime.contract import DEFAULT_MARGIN
+from drsan_kit.edge_runtime.contract import DEFAULT_MARGIN, WHOLE_FRAME, Window, abilities, choose_window
 from drsan_kit.edge_runtime.tiler import Tiler
 
 
@@ -21,27 +21,29 @@ COEFF_MODES = ("tile", "frame", "downscaled")
 
 class Upscaler:
     def __init__(self, backend, tile: tuple[int, int] | None = None, margin: int = DEFAULT_MARGIN, coeffs: str = "tile",
-                 pad_to_tile: bool | None = None):
-        """tile: the window for shape-flexible backends (None: whole frame); fixed-shape models use their own.
+                 pad_to_tile: bool | None = None, window: Window | None = None):
+        """window: how frames are cut (from open_artifact); without one it follows contract.choose_window:
+        a fixed-shape model runs its own tile, a shape-flexible one `tile` (None: whole frame).
 
         coeffs: where each window's DRA coefficients r come from: "tile" (its own pixels, what a plain
         exported model does), "frame" (the whole frame, exact; one extra pass) or "downscaled" (the frame
-        at half size, cheap). The last two need a backend that takes r from outside (torch for now).
+        at half size, cheap). The last two need a backend whose registry entry says it takes them (torch).
 
-        pad_to_tile: pad windows smaller than the tile up to it, as a fixed-shape model needs (default: only
-        for fixed-shape backends that cannot run a smaller window, i.e. not TFLite). The drift harness sets it
-        to run the reference exactly like an artifact.
+        pad_to_tile: override the window's padding rule; the drift harness sets it to run the reference
+        exactly like an artifact.
         """
         if coeffs not in COEFF_MODES:
             raise ValueError(f"coeffs must be one of {COEFF_MODES}")
-        if coeffs != "tile" and not hasattr(backend, "coefficients"):
+        spec = abilities(backend)
+        if coeffs != "tile" and not (spec and spec.coefficients):
             raise ValueError(f"{backend.name} cannot take DRA coefficients from outside")
         self.backend, self.coeffs = backend, coeffs
-        fixed = backend.input_hw is not None
-        self.tile = backend.input_hw if fixed else tile
-        if pad_to_tile is None:
-            pad_to_tile = fixed and not getattr(backend, "resizable", False)
-        self.tiler = Tiler(backend.scale, self.tile, margin=margin, pad_small=pad_to_tile)
+        if window is None:
+            window = choose_window(backend.input_hw, bool(spec and spec.resizable),
+                                   WHOLE_FRAME if tile is None else tile)
+        self.tile = window.tile
+        pad = window.pad if pad_to_tile is None else pad_to_tile
+        self.tiler = Tiler(backend.scale, self.tile, margin=margin, pad_small=pad)
         self.scale = backend.scale
 
     def frame(self, rgb: np.ndarray, out_dtype=np.float32, on_tile=None) -> np.ndarray:

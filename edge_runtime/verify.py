@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from drsan_kit.edge_runtime.backends import BackendError, open_backend
-from drsan_kit.edge_runtime.contract import MANIFEST_NAME, ArtifactEntry, artifact_entry, artifact_size, sha256
+from drsan_kit.edge_runtime.contract import (MANIFEST_NAME, ArtifactEntry, abilities, artifact_entry, artifact_kinds, artifact_size,
+                                             sha256)
 
 CHILD_TIMEOUT_S = 300
 PROBE_HW = (16, 16)   # the window a shape-flexible model is tried on
@@ -127,7 +128,7 @@ def probe(path, kind: str, scale: int | None = None):
     if kind == "tflite":
         _parse_tflite(path)
     backend = open_backend(kind, path, scale=scale)
-    flexible = backend.input_hw is None or getattr(backend, "resizable", False)
+    flexible = backend.input_hw is None or abilities(backend).resizable
     h, w = PROBE_HW if flexible else backend.input_hw
     out = backend(np.full((h, w, 3), 0.5, np.float32))
     if out.shape != (h * backend.scale, w * backend.scale, 3):
@@ -139,7 +140,7 @@ def probe(path, kind: str, scale: int | None = None):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Load a model artifact and run one small window; exit 2 with the "
                                              "reason if it is damaged or unusable.")
-    ap.add_argument("kind", choices=["tflite", "onnx", "coreml"], help="the artifact's format")
+    ap.add_argument("kind", choices=artifact_kinds(), help="the artifact's format")
     ap.add_argument("path", help="the .tflite, .onnx or .mlpackage")
     ap.add_argument("--scale", type=int, default=None, help="upscaling factor, for models with a dynamic shape")
     args = ap.parse_args(argv)

@@ -11,17 +11,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from drsan_kit.core.datasets import BENCHMARKS_ENV, BenchmarkDataError, Pair, benchmark_root, find_sets, load_pairs
+from drsan_kit.core.datasets import BENCHMARKS_ENV, Pair, benchmark_root, find_sets, load_pairs
 from drsan_kit.core.imresize import imresize
 from drsan_kit.core.metrics import CONVENTIONS, psnr_y, ssim_y
 from drsan_kit.core.variants import PAPER_RESULTS, SCALES, VARIANTS
 from drsan_kit.edge_runtime.contract import DEFAULT_MARGIN, WHOLE_FRAME, argtype, parse_window, window_tile
-from drsan_kit.eval import provenance
+from drsan_kit.eval import cli, provenance
 
 DATA_HELP = f"folder of benchmark sets, SET/HR/*.png (default: ${BENCHMARKS_ENV})"
 
@@ -34,15 +33,6 @@ def bicubic_floor(pairs: list[Pair], scale: int) -> tuple[float, float]:
     """Bicubic upscaling under the MATLAB convention, the one the published floor uses."""
     res = [score(imresize(p.lr, scale), p, scale, "matlab") for p in pairs]
     return float(np.mean([r[0] for r in res])), float(np.mean([r[1] for r in res]))
-
-
-def data_dir_or_exit(data) -> Path:
-    """benchmark_root for a CLI's main: a one-line error and exit status 2 instead of a traceback."""
-    try:
-        return benchmark_root(data)
-    except BenchmarkDataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 def parse_args(argv=None):
@@ -64,15 +54,11 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    data = data_dir_or_exit(args.data)
-    from drsan_kit.core.checkpoint import CheckpointError
+    data = benchmark_root(args.data)
     from drsan_kit.edge_runtime.backends import open_backend
     from drsan_kit.edge_runtime.tiler import Tiler
 
-    try:
-        backend = open_backend("torch", args.weights, variant=args.variant, scale=args.scale)
-    except CheckpointError as exc:
-        sys.exit(f"error: {exc}")
+    backend = open_backend("torch", args.weights, variant=args.variant, scale=args.scale)
     tile = window_tile(args.tile)
     tiler = Tiler(args.scale, tile, margin=args.margin)
     paper = PAPER_RESULTS.get((args.variant, args.scale), {})
@@ -110,4 +96,4 @@ def format_table(report: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

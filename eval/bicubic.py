@@ -8,18 +8,19 @@ import argparse
 
 import numpy as np
 
-from drsan_kit.core.datasets import find_sets, load_pairs
+from drsan_kit.core.datasets import benchmark_root, find_sets, load_pairs
 from drsan_kit.core.imresize import imresize
 from drsan_kit.core.metrics import psnr_y, ssim_y
 from drsan_kit.core.variants import BICUBIC_PUBLISHED, SCALES
-from drsan_kit.eval.benchmark import DATA_HELP, data_dir_or_exit
+from drsan_kit.eval import cli
+from drsan_kit.eval.benchmark import DATA_HELP
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Reproduce the published bicubic PSNR/SSIM with the kit's protocol.")
     ap.add_argument("--data", default=None, help=DATA_HELP)
     args = ap.parse_args(argv)
-    data = data_dir_or_exit(args.data)
+    data = benchmark_root(args.data)
     print("| set | scale | MATLAB Y (PSNR / SSIM) | authors' Y | published |")
     print("|---|---|---|---|---|")
     for set_dir in find_sets(data):
@@ -37,4 +38,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(cli.run(main))

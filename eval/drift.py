@@ -26,16 +26,17 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from drsan_kit.core.datasets import find_sets, load_pairs
+from drsan_kit.core.datasets import benchmark_root, find_sets, load_pairs
 from drsan_kit.core.metrics import CONVENTIONS, psnr, psnr_y, rgb_to_y, ssim_y
 from drsan_kit.core.variants import SCALES, VARIANTS
-from drsan_kit.edge_runtime.contract import (DEFAULT_MARGIN, ManifestError, argtype, parse_window, read_manifest,
-                                             window_tile)
+from drsan_kit.edge_runtime.artifact import open_artifact
+from drsan_kit.edge_runtime.contract import (DEFAULT_MARGIN, WHOLE_FRAME, abilities, argtype, artifact_kinds,
+                                             Window, backend_spec, choose_window, kind_of_path, parse_window, read_manifest)
 from drsan_kit.edge_runtime.upscaler import Upscaler
-from drsan_kit.eval import provenance
-from drsan_kit.eval.benchmark import DATA_HELP, data_dir_or_exit
-
-KINDS = {".onnx": "onnx", ".tflite": "tflite", ".mlpackage": "coreml"}
+from drsan_kit.edge_runtime.verify import verify_artifact
+from drsan_kit.eval import cli, provenance
+from drsan_kit.eval.benchmark import DATA_HELP
+from drsan_kit.eval.cli import EvalError
 
 
 @dataclass
@@ -51,21 +52,21 @@ class Artifact:
 
 
 def discover(folder: Path, scale: int) -> list[Artifact]:
-    """Artifacts in folder: from its manifest when present, else by file extension."""
+    """Artifacts in folder: from its manifest when present, else by file extension (the backend registry's)."""
     manifest = read_manifest(folder)
     found = []
     if manifest:
         if manifest.model.scale != scale:
-            raise SystemExit(f"error: {folder}/manifest.json describes x{manifest.model.scale} artifacts, "
-                             f"not x{scale}")
+            raise EvalError(f"{folder}/manifest.json describes x{manifest.model.scale} artifacts, not x{scale}")
         for e in manifest.artifacts:
             found.append(Artifact(folder / e.file, e.format, e.precision, e.tile))
     else:
         for p in sorted(folder.iterdir()):
-            if p.suffix in KINDS:
-                found.append(Artifact(p, KINDS[p.suffix], "unknown", None))
+            if (kind := kind_of_path(p)) in artifact_kinds():
+                found.append(Artifact(p, kind, "unknown", None))
     if not found:
-        raise SystemExit(f"error: no artifacts (.onnx, .tflite, .mlpackage) in {folder}")
+        raise EvalError(f"no artifacts ({', '.join(e for k in artifact_kinds() for e in backend_spec(k).extensions)}) "
+                        f"in {folder}")
     return found
 
 
@@ -88,7 +89,7 @@ class Reference:
             try:
                 from drsan_kit.edge_runtime.backends import open_backend
             except ImportError:
-                raise SystemExit("error: computing the reference needs torch; pass --reference FILE") from None
+                raise EvalError("computing the reference needs torch; pass --reference FILE") from None
             self._backend = open_backend("torch", self.args.weights, variant=self.args.variant, scale=self.args.scale)
             self.precision = self.strict_fp32(self._backend.device)
         return self._backend
@@ -116,7 +117,7 @@ class Reference:
         full_key = f"{key}|{how}"
         if full_key not in self.store:
             # tile like the artifact does, padding (or not) included
-            up = Upscaler(self.backend, tile=tile, margin=margin, pad_to_tile=pad and tile is not None)
+            up = Upscaler(self.backend, margin=margin, window=Window(tile, pad and tile is not None))
             self.store[full_key] = up.frame(lr, out_dtype=np.uint8)
         return self.store[full_key]
 
@@ -131,37 +132,33 @@ class Reference:
         with np.load(path) as z:
             meta = json.loads(bytes(z["__meta__"]).decode())
             if (meta["variant"], meta["scale"]) != (variant, scale):
-                raise SystemExit(f"error: {path} holds DRSAN-{meta['variant']} x{meta['scale']} outputs, "
-                                 f"not {variant} x{scale}")
+                raise EvalError(f"{path} holds DRSAN-{meta['variant']} x{meta['scale']} outputs, "
+                                f"not {variant} x{scale}")
             store = {k: z[k] for k in z.files if k != "__meta__"}
         store["__device__"] = meta["device"] + " (loaded from " + str(path) + ")"
         return store
 
 
-def open_artifact(art: Artifact, args, reference: Reference):
-    """An Upscaler for the artifact; CoreML off macOS becomes the FP16-emulated PyTorch model (estimate)."""
-    from drsan_kit.edge_runtime.backends import open_backend
-    from drsan_kit.edge_runtime.verify import verify_artifact
-
-    verify_artifact(art.path, art.kind, args.scale)   # a damaged file would crash the interpreter and the whole run
+def open_for_drift(art: Artifact, args, reference: Reference) -> Upscaler:
+    """An Upscaler that runs the artifact as the runtime does (edge_runtime.artifact.open_artifact); CoreML
+    off macOS becomes the FP16-emulated PyTorch model at the artifact's tile (an estimate, labelled so)."""
     if art.kind == "coreml" and platform.system() != "Darwin":
         from drsan_kit.core.fp16 import fp16_emulated
         from drsan_kit.edge_runtime.backends.torch import TorchBackend
 
-        backend = TorchBackend(model=fp16_emulated(reference.backend.model))
-        backend.input_hw = art.tile
+        verify_artifact(art.path, art.kind, args.scale)
+        backend = TorchBackend(model=fp16_emulated(reference.backend.model), input_hw=art.tile)
+        window = choose_window(backend.input_hw, abilities(backend).resizable, args.tile, WHOLE_FRAME)
         art.estimate = True
         art.label = f"{art.path.name} (ESTIMATE: FP16 emulation)"
     else:
-        backend = open_backend(art.kind, art.path, scale=args.scale, threads=args.threads)
+        # dynamic-shape artifacts run whole images by default, as the paper evaluates
+        opened = open_artifact(art.path, art.kind, scale=args.scale, window=args.tile, threads=args.threads,
+                               flexible_default=WHOLE_FRAME)
+        backend, window = opened.backend, opened.window
         art.label = art.path.name
-        art.tile = backend.input_hw or art.tile
-    tile = art.tile or args.tile
-    # fixed-shape artifacts pad small windows unless the backend can resize (TFLite); dynamic ones with --tile pad too
-    pad = None if backend.input_hw is not None else tile is not None
-    up = Upscaler(backend, tile=tile, margin=args.margin, pad_to_tile=pad)
-    art.tile, art.pad = up.tile, up.tiler.pad_small
-    return up
+    art.tile, art.pad = window.tile, window.pad
+    return Upscaler(backend, margin=args.margin, window=window)
 
 
 def y_error(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -192,8 +189,9 @@ def parse_args(argv=None):
     ap.add_argument("--artifacts", type=Path, required=True, help="folder of artifacts (with manifest.json)")
     ap.add_argument("--data", default=None, help=DATA_HELP)
     ap.add_argument("--sets", default=None, help="comma-separated subset of sets, e.g. Set5,Set14")
-    ap.add_argument("--tile", type=argtype(lambda t: window_tile(parse_window(t))), default=None,
-                    help="window HxW for dynamic-shape artifacts (default, or 0: whole image)")
+    ap.add_argument("--tile", type=argtype(parse_window), default=None,
+                    help="LR window HxW, or 0 for whole images, as run.py's --tile: for dynamic-shape artifacts "
+                         "(default: whole image) and TFLite ones (default: the model's own tile)")
     ap.add_argument("--exclude", default="", help="comma-separated precisions to leave out, e.g. int16x8")
     ap.add_argument("--margin", type=int, default=DEFAULT_MARGIN,
                     help=f"tile context margin, as in the runtime (default {DEFAULT_MARGIN})")
@@ -210,30 +208,27 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    data = data_dir_or_exit(args.data)
+    data = benchmark_root(args.data)
     sets = find_sets(data)
     if args.sets:
         wanted = args.sets.split(",")
         sets = [s for s in sets if s.name in wanted]
         if not sets:
-            sys.exit(f"error: none of {args.sets} under {data}")
+            raise EvalError(f"none of {args.sets} under {data}")
     if not args.artifacts.is_dir():
-        sys.exit(f"error: artifact folder {args.artifacts} not found")
+        raise EvalError(f"artifact folder {args.artifacts} not found")
     excluded = set(filter(None, args.exclude.split(",")))
-    try:
-        artifacts = [a for a in discover(args.artifacts, args.scale) if a.precision not in excluded]
-    except ManifestError as exc:
-        sys.exit(f"error: {exc}")
+    artifacts = [a for a in discover(args.artifacts, args.scale) if a.precision not in excluded]
     store = Reference.load(args.reference, args.variant, args.scale) if args.reference else None
     reference = Reference(args, store)
     ups = []
     for art in artifacts:
         try:
-            ups.append((art, open_artifact(art, args, reference)))
+            ups.append((art, open_for_drift(art, args, reference)))
         except Exception as exc:   # one unusable artifact should not hide the others
             print(f"skipped {art.path.name}: {str(exc).splitlines()[0]}", file=sys.stderr)
     if not ups:
-        sys.exit("error: no artifact could be opened")
+        raise EvalError("no artifact could be opened")
     work = [(s, load_pairs(s, args.scale)) for s in sets]
     total = sum(len(p) for _, p in work) * len(ups)
     heat = {}
@@ -370,4 +365,4 @@ def gate(report: dict, max_drift: float | None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -31,9 +31,10 @@ import numpy as np
 
 from drsan_kit.converters import common
 from drsan_kit.converters.export import PRELU_FORMS
-from drsan_kit.converters.to_tflite import build_saved_model, make_converter, quiet
-from drsan_kit.eval import provenance
-from drsan_kit.eval.benchmark import DATA_HELP, data_dir_or_exit
+from drsan_kit.converters.tflite import build_saved_model, make_converter, quiet
+from drsan_kit.core.datasets import benchmark_root
+from drsan_kit.eval import cli, provenance
+from drsan_kit.eval.benchmark import DATA_HELP
 
 
 def parse_args(argv=None):
@@ -126,7 +127,7 @@ def reference_pairs(args, data, model):
 def main(argv=None) -> int:
     args = parse_args(argv)
     tops = sorted({int(v) for v in args.float_top.split(",") if v.strip()})
-    data = data_dir_or_exit(args.data) if args.sets else None
+    data = benchmark_root(args.data) if args.sets else None
     model, _, weights = common.load_reference(args)
     images, desc = common.sample_images(args.calib)
     candidates = common.random_crops(images, args.tile, args.calib_count, seed=common.CALIB_SEED)
@@ -235,4 +236,4 @@ def markdown(report: dict) -> str:
 
 
 if __name__ == "__main__":
-    common.run_cli(main)
+    raise SystemExit(cli.run(main))

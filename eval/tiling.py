@@ -18,15 +18,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from drsan_kit.core.datasets import Pair, find_sets, load_pairs
+from drsan_kit.core.datasets import Pair, benchmark_root, find_sets, load_pairs
 from drsan_kit.core.metrics import psnr, psnr_y
 from drsan_kit.core.variants import SCALES, VARIANTS
 from drsan_kit.edge_runtime.backends import open_backend
 from drsan_kit.edge_runtime.contract import DEFAULT_MARGIN, DEFAULT_TILE, argtype, format_tile, parse_tiles
 from drsan_kit.edge_runtime.upscaler import COEFF_MODES, Upscaler
 from drsan_kit.edge_runtime.bench import test_frame
-from drsan_kit.eval import provenance
-from drsan_kit.eval.benchmark import DATA_HELP, data_dir_or_exit
+from drsan_kit.eval import cli, provenance
+from drsan_kit.eval.benchmark import DATA_HELP
 
 
 def main(argv=None):
@@ -47,7 +47,7 @@ def main(argv=None):
                          "(default: run them at their own size, as the resizable TFLite models do)")
     ap.add_argument("--out", type=Path, default=Path("reports/tiling"))
     args = ap.parse_args(argv)
-    data = data_dir_or_exit(args.data)
+    data = benchmark_root(args.data)
     backend = open_backend("torch", args.weights, variant=args.variant, scale=args.scale)
     modes = args.modes.split(",")
     sets = [s for s in find_sets(data) if s.name in args.sets.split(",")]
@@ -110,4 +110,4 @@ def markdown(report: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(cli.run(main))

@@ -9,6 +9,8 @@ from drsan_kit.edge_runtime.backends import BackendError
 
 
 class CoreMLBackend:
+    kind = "coreml"
+
     def __init__(self, path, threads: int = 0, scale: int | None = None, compute_units: str = "ALL"):
         if platform.system() != "Darwin":
             raise BackendError(f"{path}: CoreML prediction needs macOS (this is {platform.system()}); "

@@ -8,6 +8,8 @@ from drsan_kit.edge_runtime.backends.common import check_io_shapes
 
 
 class OnnxBackend:
+    kind = "onnx"
+
     def __init__(self, path, threads: int = 0, scale: int | None = None):
         import onnxruntime as ort
 

@@ -50,6 +50,8 @@ def _dequantize(q: np.ndarray, detail: dict) -> np.ndarray:
 
 
 class TFLiteBackend:
+    kind = "tflite"
+
     def __init__(self, path, threads: int = 0, scale: int | None = None):
         Interpreter, self.runtime = _interpreter_class()
         try:

@@ -8,8 +8,11 @@ from drsan_kit.core.checkpoint import load_checkpoint, resolve_weights
 
 
 class TorchBackend:
+    kind = "torch"
+
     def __init__(self, weights=None, variant: str = "32s", scale: int = 4, model=None, device: str | None = None,
-                 threads: int = 0):
+                 threads: int = 0, input_hw: tuple[int, int] | None = None):
+        """input_hw: run as a fixed-shape model of that LR tile (what an emulated CoreML model is)."""
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -19,7 +22,7 @@ class TorchBackend:
         self.model = model.to(self.device).eval()
         self.scale = model.scale
         self.variant = model.variant.name
-        self.input_hw = None
+        self.input_hw = tuple(input_hw) if input_hw else None
         self.precision = "fp32"
         self.name = f"torch-{self.device.type}"
 
