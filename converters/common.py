@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-from drsan_kit.core.variants import SCALES, VARIANTS
+from ..core.variants import SCALES, VARIANTS
 
 REPO = Path(__file__).resolve().parent.parent
-from drsan_kit.edge_runtime import contract
-from drsan_kit.edge_runtime.contract import (DEFAULT_TILE, ArtifactEntry, ModelInfo, argtype, artifact_size,
-                                             format_tile, parse_artifact_tile, sha256, update_manifest)
-from drsan_kit.edge_runtime.tiler import pad_to
+from ..edge_runtime import contract
+from ..edge_runtime.contract import (DEFAULT_TILE, ArtifactEntry, ModelInfo, argtype, artifact_size,
+                                     format_tile, parse_artifact_tile, sha256, update_manifest)
+from ..edge_runtime.tiler import pad_to
 
 DEFAULT_OUT = Path("artifacts")
 
@@ -55,7 +55,7 @@ def prepare_out(out: Path) -> Path:
 
 def load_reference(args):
     """(the FP32 checkpoint model, the checkpoint blob, its path); errors become ConversionError."""
-    from drsan_kit.core.checkpoint import CheckpointError, load_checkpoint, resolve_weights
+    from ..core.checkpoint import CheckpointError, load_checkpoint, resolve_weights
 
     try:
         path = resolve_weights(args.weights, args.variant, args.scale)
@@ -68,7 +68,7 @@ def load_reference(args):
 def sample_images(folder=None) -> tuple[list[np.ndarray], str]:
     """Real photographs as uint8 RGB: a user's folder, or the ones scikit-image ships (offline)."""
     if folder:
-        from drsan_kit.core.images import ImageError, list_images, load_rgb_uint8
+        from ..core.images import ImageError, list_images, load_rgb_uint8
 
         files = list_images(folder)
         if not files:
@@ -168,7 +168,7 @@ def check_crops(tile, n: int) -> tuple[np.ndarray, str]:
 
 def compare(outputs: np.ndarray, reference: np.ndarray) -> dict:
     """Fidelity of an artifact's outputs to the reference: worst-case PSNR (dB, RGB [0, 1]) and max abs error."""
-    from drsan_kit.core.metrics import psnr
+    from ..core.metrics import psnr
 
     per = [psnr(o, r, data_range=1.0) for o, r in zip(outputs, reference)]
     return {"psnr_vs_reference_db": round(float(min(per)), 3), "mean_psnr_vs_reference_db": round(float(np.mean(per)), 3),

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from drsan_kit.core.model import DRSAN
+from ..core.model import DRSAN
 
 
 def crd_to_dcr_permutation(channels_out: int, s: int) -> torch.Tensor:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from drsan_kit.converters import common, qat_ranges
-from drsan_kit.converters.export import deploy_model, export_onnx
-from drsan_kit.edge_runtime.contract import PRECISIONS
+from . import common, qat_ranges
+from .export import deploy_model, export_onnx
+from ..edge_runtime.contract import PRECISIONS
 
 __all__ = ["quiet", "onnx_to_saved_model", "build_saved_model", "make_converter", "convert_mode", "load_qat",
            "convert_qat"]
@@ -108,8 +108,8 @@ def convert_mode(saved_model: Path, mode: str, calib: np.ndarray, verbose: bool)
 
 def load_qat(path: str, args):
     """(fine-tuned model, its learned ranges, the manifest's description) of a --qat checkpoint."""
-    from drsan_kit.core.checkpoint import CheckpointError, load_checkpoint
-    from drsan_kit.edge_runtime.contract import sha256
+    from ..core.checkpoint import CheckpointError, load_checkpoint
+    from ..edge_runtime.contract import sha256
 
     try:
         model, blob = load_checkpoint(path, args.variant, args.scale)
@@ -129,7 +129,7 @@ def convert_qat(saved_model: Path, model, ranges: dict, mode: str, crops: np.nda
     """int8 TFLite from the fine-tuned model's SavedModel with the learned ranges written in."""
     import torch
 
-    from drsan_kit.core import qat
+    from ..core import qat
 
     sim = qat.prepare(model)
     try:

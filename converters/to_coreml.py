@@ -13,6 +13,12 @@ by running the PyTorch model with FP16 rounding, and says that it did.
 """
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:   # run by path, e.g. python converters/to_coreml.py
+    import importlib
+
+    __package__ = "drsan_kit.converters"   # so that the relative imports below resolve (PEP 366)
+    importlib.import_module(__package__)
+
 import argparse
 import copy
 import platform
@@ -23,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from drsan_kit.converters import common
-from drsan_kit.edge_runtime.backends import open_backend
-from drsan_kit.edge_runtime.contract import argtype, parse_artifact_tile, parse_tiles
+from . import common
+from ..edge_runtime.backends import open_backend
+from ..edge_runtime.contract import argtype, parse_artifact_tile, parse_tiles
 
 LICENSE = "MIT (code and weights of drsan-edge-kit)"
 
@@ -100,8 +106,8 @@ def structural_check(path: Path, tiles, scale: int) -> dict:
 
 def emulated_backend(model, precision: str):
     """Off macOS: the PyTorch model with FP16 rounding of weights and layer outputs stands in for CoreML."""
-    from drsan_kit.core.fp16 import fp16_emulated
-    from drsan_kit.edge_runtime.backends import open_backend
+    from ..core.fp16 import fp16_emulated
+    from ..edge_runtime.backends import open_backend
 
     return open_backend("torch", model=fp16_emulated(model) if precision == "fp16" else model)
 

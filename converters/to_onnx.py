@@ -4,18 +4,24 @@
 """
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:   # run by path, e.g. python converters/to_onnx.py
+    import importlib
+
+    __package__ = "drsan_kit.converters"   # so that the relative imports below resolve (PEP 366)
+    importlib.import_module(__package__)
+
 import argparse
 import shutil
 import tempfile
 from pathlib import Path
 
-from drsan_kit.converters import common
-from drsan_kit.converters.export import deploy_model, export_onnx
+from . import common
+from .export import deploy_model, export_onnx
 
 
 def convert_onnx(model, tile, out: Path, name: str, dynamic: bool, crops, reference) -> dict:
     """Export, run with ONNX Runtime on the check crops, enforce the fp32 tolerance; returns the manifest record."""
-    from drsan_kit.edge_runtime.backends import open_backend
+    from ..edge_runtime.backends import open_backend
 
     with tempfile.TemporaryDirectory(prefix="drsan-onnx-", dir=out) as tmp:
         staged = export_onnx(deploy_model(model), Path(tmp) / name, tile, dynamic=dynamic)

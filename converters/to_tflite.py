@@ -23,6 +23,12 @@ the same function, with per-channel slopes, from ops XNNPACK runs in int8.
 """
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:   # run by path, e.g. python converters/to_tflite.py
+    import importlib
+
+    __package__ = "drsan_kit.converters"   # so that the relative imports below resolve (PEP 366)
+    importlib.import_module(__package__)
+
 import argparse
 import shutil
 import tempfile
@@ -31,11 +37,11 @@ from pathlib import Path
 
 import numpy as np
 
-from drsan_kit.converters import common
-from drsan_kit.converters.export import PRELU_FORMS
-from drsan_kit.converters.tflite import build_saved_model, convert_mode, convert_qat, load_qat
-from drsan_kit.edge_runtime.backends import open_backend
-from drsan_kit.edge_runtime.contract import PRECISIONS, PTQ, QAT, TFLITE_MODES
+from . import common
+from .export import PRELU_FORMS
+from .tflite import build_saved_model, convert_mode, convert_qat, load_qat
+from ..edge_runtime.backends import open_backend
+from ..edge_runtime.contract import PRECISIONS, PTQ, QAT, TFLITE_MODES
 
 
 def parse_quant(text: str) -> list[str]:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from drsan_kit.core.atomic import atomic_path
-from drsan_kit.core.model import DRSAN, build_model
-from drsan_kit.core.variants import check_scale, get_variant
+from .atomic import atomic_path
+from .model import DRSAN, build_model
+from .variants import check_scale, get_variant
 
 FORMAT = "drsan-kit/1"
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -22,6 +22,12 @@ Packing the same folder twice with the same Pillow gives byte-identical shards.
 """
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:   # run by path, e.g. python core/datapack.py
+    import importlib
+
+    __package__ = "drsan_kit.core"   # so that the relative imports below resolve (PEP 366)
+    importlib.import_module(__package__)
+
 import argparse
 import hashlib
 import io
@@ -38,8 +44,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image, features
 
-from drsan_kit.core.holdout import split_holdout
-from drsan_kit.core.images import ImageError, list_images, load_image, to_uint8
+from .holdout import split_holdout
+from .images import ImageError, list_images, load_image, to_uint8
 
 FORMAT = "drsan-datapack/1"
 MANIFEST = "manifest.json"

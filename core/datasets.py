@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from drsan_kit.core.images import list_images, load_image, to_uint8
-from drsan_kit.core.imresize import imresize
+from .images import list_images, load_image, to_uint8
+from .imresize import imresize
 
 
 BENCHMARKS_ENV = "DRSAN_BENCHMARKS"

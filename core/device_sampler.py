@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from drsan_kit.core.images import ImageError, load_rgb_uint8
-from drsan_kit.core.imresize import imresize
+from .images import ImageError, load_rgb_uint8
+from .imresize import imresize
 
 # BLAS libraries read these once at start; one thread per loader process avoids n x n threads
 _ONE_THREAD = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from drsan_kit.core.datasets import Pair
-from drsan_kit.core.images import list_images, load_image, to_uint8
-from drsan_kit.core.imresize import imresize
+from .datasets import Pair
+from .images import list_images, load_image, to_uint8
+from .imresize import imresize
 
 
 def _rank(root: Path, path: Path) -> str:

@@ -18,7 +18,7 @@ from typing import Iterable, Iterator
 import numpy as np
 from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
 
-from drsan_kit.core.atomic import atomic_path
+from .atomic import atomic_path
 
 try:   # iPhone photos are HEIC; Pillow reads them only through this plugin (the `heic` extra)
     from pillow_heif import register_heif_opener

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from drsan_kit.core.variants import Variant, check_scale, get_variant
+from .variants import Variant, check_scale, get_variant
 
 
 def _prelu(channels: int) -> nn.PReLU:

@@ -13,6 +13,12 @@ stopped. Several GPUs: `torchrun --nproc_per_node 4 core/train.py ...` (DDP).
 """
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:   # run by path, e.g. python core/train.py
+    import importlib
+
+    __package__ = "drsan_kit.core"   # so that the relative imports below resolve (PEP 366)
+    importlib.import_module(__package__)
+
 import argparse
 import csv
 import itertools
@@ -32,16 +38,16 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from drsan_kit.core.datasets import load_pairs
-from drsan_kit.core.holdout import describe, holdout_pairs, split_holdout
-from drsan_kit.core.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
-from drsan_kit.core.device_sampler import DeviceSampler, image_weights
-from drsan_kit.core.device_sampler import load_pairs as load_training_pairs
-from drsan_kit.core.images import list_images
-from drsan_kit.core.metrics import psnr_y
-from drsan_kit.core.model import build_model
-from drsan_kit.core import qat
-from drsan_kit.core.variants import SCALES, VARIANTS
+from .datasets import load_pairs
+from .holdout import describe, holdout_pairs, split_holdout
+from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from .device_sampler import DeviceSampler, image_weights
+from .device_sampler import load_pairs as load_training_pairs
+from .images import list_images
+from .metrics import psnr_y
+from .model import build_model
+from . import qat
+from .variants import SCALES, VARIANTS
 
 
 class PatchSampler(torch.utils.data.Dataset):

@@ -10,6 +10,12 @@ the tiling overhead. Writes --json FILE and --md FILE when asked.
 """
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:   # run by path, e.g. python edge_runtime/bench.py
+    import importlib
+
+    __package__ = "drsan_kit.edge_runtime"   # so that the relative imports below resolve (PEP 366)
+    importlib.import_module(__package__)
+
 import argparse
 import json
 import os
@@ -19,13 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from drsan_kit.core.variants import SCALES, VARIANTS
-from drsan_kit.edge_runtime.artifact import open_artifact
-from drsan_kit.edge_runtime.backends import BackendError, open_backend
-from drsan_kit.edge_runtime.contract import (DEFAULT_MARGIN, DEFAULT_TILE, QAT, WHOLE_FRAME, Window, argtype,
-                                             artifact_kinds, choose_window, format_tile, parse_tile, read_manifest)
-from drsan_kit.edge_runtime.upscaler import Upscaler, time_frames
-from drsan_kit.eval import provenance
+from ..core.variants import SCALES, VARIANTS
+from .artifact import open_artifact
+from .backends import BackendError, open_backend
+from .contract import (DEFAULT_MARGIN, DEFAULT_TILE, QAT, WHOLE_FRAME, Window, argtype,
+                       artifact_kinds, choose_window, format_tile, parse_tile, read_manifest)
+from .upscaler import Upscaler, time_frames
+from ..core import provenance
 
 
 def test_frame(size: str, photo_name: str = "astronaut") -> np.ndarray:
@@ -33,7 +39,7 @@ def test_frame(size: str, photo_name: str = "astronaut") -> np.ndarray:
     and the DRA coefficients depend on it)."""
     from skimage import data
 
-    from drsan_kit.core.imresize import imresize
+    from ..core.imresize import imresize
 
     w, h = (int(v) for v in size.split("x"))
     photo = getattr(data, photo_name)()

@@ -183,7 +183,7 @@ class BackendSpec:
     model is opened, so that reading this table never imports torch, TensorFlow or an interpreter."""
     kind: str                      # the format name: run.py's flag, the manifest's "format"
     extensions: tuple[str, ...]    # file suffixes of its models ("" for none: torch takes a checkpoint)
-    module: str                    # module under edge_runtime/backends/ that holds the class
+    module: str                    # module holding the class: ".name" for edge_runtime/backends/name.py, else a full path
     cls: str                       # the backend class
     resizable: bool = False        # a fixed-shape model file that still runs windows of other sizes
     coefficients: bool = False     # takes the DRA coefficients from outside (Upscaler coeffs="frame")
@@ -207,14 +207,14 @@ def register_backend(spec: BackendSpec) -> BackendSpec:
 
 
 for _spec in (
-    BackendSpec("tflite", (".tflite",), "tflite", "TFLiteBackend", resizable=True,
+    BackendSpec("tflite", (".tflite",), ".tflite", "TFLiteBackend", resizable=True,
                 install="pip install ai-edge-litert (or tflite-runtime, or tensorflow)",
                 help="a .tflite model from converters/to_tflite.py"),
-    BackendSpec("onnx", (".onnx",), "onnx", "OnnxBackend", install="pip install onnxruntime",
+    BackendSpec("onnx", (".onnx",), ".onnx", "OnnxBackend", install="pip install onnxruntime",
                 help="an .onnx model from converters/to_onnx.py"),
-    BackendSpec("coreml", (".mlpackage",), "coreml", "CoreMLBackend", install="pip install coremltools (macOS)",
+    BackendSpec("coreml", (".mlpackage",), ".coreml", "CoreMLBackend", install="pip install coremltools (macOS)",
                 help="an .mlpackage from converters/to_coreml.py (macOS only)"),
-    BackendSpec("torch", (), "torch", "TorchBackend", coefficients=True, artifact=False,
+    BackendSpec("torch", (), ".torch", "TorchBackend", coefficients=True, artifact=False,
                 install="pip install -e '.[torch]'", help="the PyTorch reference (needs torch; see --weights)"),
 ):
     register_backend(_spec)
@@ -379,7 +379,7 @@ def read_manifest(folder) -> Manifest | None:
 
 def write_manifest(folder, manifest: Manifest) -> Path:
     """Write folder/manifest.json atomically: a reader sees the old manifest or the new one, never half."""
-    from drsan_kit.core.atomic import atomic_path
+    from ..core.atomic import atomic_path
 
     path = Path(folder) / MANIFEST_NAME
     data = manifest.to_dict()

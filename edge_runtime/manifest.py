@@ -1,16 +1,22 @@
 """List the artifacts a converters' --out folder holds, from its manifest.json.
 
-    python edge_runtime/manifest.py artifacts/32s_x4
+    python edge_runtime/manifest.py artifacts/32s_x4 [--md reports/artifacts_32s_x4.md]
 
 The manifest itself (its schema, reading, writing and validation) is defined in
 edge_runtime/contract.py; the names below are kept for code that imports them from here.
 """
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:   # run by path, e.g. python edge_runtime/manifest.py
+    import importlib
+
+    __package__ = "drsan_kit.edge_runtime"   # so that the relative imports below resolve (PEP 366)
+    importlib.import_module(__package__)
+
 from pathlib import Path
 
-from drsan_kit.edge_runtime.contract import (MANIFEST_NAME, ArtifactEntry, Manifest, ManifestError,  # noqa: F401
-                                             ModelInfo, artifact_entry, read_manifest, sha256, update_manifest)
+from .contract import (MANIFEST_NAME, ArtifactEntry, Manifest, ManifestError,  # noqa: F401
+                       ModelInfo, artifact_entry, read_manifest, sha256, update_manifest)
 
 
 def markdown_table(folder) -> str:
@@ -38,13 +44,23 @@ def main(argv=None) -> int:
     import argparse
     import sys
 
+    from ..core import provenance
+    from ..core.atomic import atomic_path
+
     ap = argparse.ArgumentParser(description="Print the artifacts described by a folder's manifest.json.")
     ap.add_argument("folder", help="a converters' --out folder")
+    ap.add_argument("--md", type=Path, default=None,
+                    help="also write the table to this Markdown file, headed by the command, commit, machine and date")
+    args = ap.parse_args(argv)
     try:
-        print(markdown_table(ap.parse_args(argv).folder))
+        table = markdown_table(args.folder)
     except ManifestError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    print(table)
+    if args.md:
+        with atomic_path(args.md) as tmp:
+            tmp.write_text(provenance.markdown(provenance.header(argv)) + "\n" + table)
     return 0
 
 

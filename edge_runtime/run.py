@@ -10,6 +10,12 @@ torch, no TensorFlow.
 """
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:   # run by path, e.g. python edge_runtime/run.py
+    import importlib
+
+    __package__ = "drsan_kit.edge_runtime"   # so that the relative imports below resolve (PEP 366)
+    importlib.import_module(__package__)
+
 import argparse
 import json
 import statistics
@@ -21,14 +27,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from drsan_kit.core.images import (IMAGE_EXTENSIONS, ImageError, frame_count, holds_frames, load_frames,
-                                   load_image, missing_reader, save_animation, save_image)
-from drsan_kit.edge_runtime.artifact import open_artifact
-from drsan_kit.edge_runtime.backends import BackendError, open_backend
-from drsan_kit.edge_runtime.contract import (DEFAULT_MARGIN, DEFAULT_TILE, argtype, artifact_kinds, backend_spec, choose_window,
-                                             format_tile, parse_window, window_tile)
-from drsan_kit.edge_runtime.upscaler import Upscaler, time_frames
-from drsan_kit.edge_runtime.video import VIDEO_EXTENSIONS, VideoError, VideoWriter, probe, read_frames
+from ..core.images import (IMAGE_EXTENSIONS, ImageError, frame_count, holds_frames, load_frames,
+                           load_image, missing_reader, save_animation, save_image)
+from .artifact import open_artifact
+from .backends import BackendError, open_backend
+from .contract import (DEFAULT_MARGIN, DEFAULT_TILE, argtype, artifact_kinds, backend_spec, choose_window,
+                       format_tile, parse_window, window_tile)
+from .upscaler import Upscaler, time_frames
+from .video import VIDEO_EXTENSIONS, VideoError, VideoWriter, probe, read_frames
 
 
 class InputError(ValueError):
@@ -84,7 +90,8 @@ def open_model(args):
         backend = open_backend("torch", args.weights, variant=args.variant, scale=args.scale or 4,
                                threads=args.threads)
         return backend, choose_window(None, False, args.tile), None
-    kind, path = next((k, getattr(args, k)) for k in artifact_kinds() if getattr(args, k, None))
+    kind, path = next((k, getattr(args, k.replace("-", "_"))) for k in artifact_kinds()
+                      if getattr(args, k.replace("-", "_"), None))
     art = open_artifact(path, kind, scale=args.scale, window=args.tile, threads=args.threads)
     return art.backend, art.window, (art.model, art.entry) if art.entry else None
 

@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from drsan_kit.edge_runtime.contract import DEFAULT_MARGIN
+from .contract import DEFAULT_MARGIN
 
 TileFn = Callable[[np.ndarray], np.ndarray]   # (h, w, 3) float32 -> (h*s, w*s, 3) float32
 

@@ -10,10 +10,10 @@ import time
 
 import numpy as np
 
-from drsan_kit.core.images import LoadedImage
-from drsan_kit.core.imresize import imresize
-from drsan_kit.edge_runtime.contract import DEFAULT_MARGIN, WHOLE_FRAME, Window, abilities, choose_window
-from drsan_kit.edge_runtime.tiler import Tiler
+from ..core.images import LoadedImage
+from ..core.imresize import imresize
+from .contract import DEFAULT_MARGIN, WHOLE_FRAME, Window, abilities, choose_window
+from .tiler import Tiler
 
 
 COEFF_MODES = ("tile", "frame", "downscaled")

@@ -17,6 +17,12 @@ runs the child's part by hand (exit 0: usable, 2: damaged, with the reason).
 """
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:   # run by path, e.g. python edge_runtime/verify.py
+    import importlib
+
+    __package__ = "drsan_kit.edge_runtime"   # so that the relative imports below resolve (PEP 366)
+    importlib.import_module(__package__)
+
 import argparse
 import json
 import platform
@@ -27,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from drsan_kit.edge_runtime.backends import BackendError, open_backend
-from drsan_kit.edge_runtime.contract import (MANIFEST_NAME, ArtifactEntry, abilities, artifact_entry, artifact_kinds, artifact_size,
-                                             sha256)
+from .backends import BackendError, open_backend
+from .contract import (MANIFEST_NAME, ArtifactEntry, abilities, artifact_entry, artifact_kinds, artifact_size,
+                       sha256)
 
 CHILD_TIMEOUT_S = 300
 PROBE_HW = (16, 16)   # the window a shape-flexible model is tried on

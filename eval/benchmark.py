@@ -8,6 +8,12 @@ and round to 8 bit, Y of BT.601, shave `scale` pixels, mean PSNR per set.
 """
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:   # run by path, e.g. python eval/benchmark.py
+    import importlib
+
+    __package__ = "drsan_kit.eval"   # so that the relative imports below resolve (PEP 366)
+    importlib.import_module(__package__)
+
 import argparse
 import json
 import sys
@@ -15,12 +21,13 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
-from drsan_kit.core.datasets import BENCHMARKS_ENV, Pair, benchmark_root, find_sets, load_pairs
-from drsan_kit.core.imresize import imresize
-from drsan_kit.core.metrics import CONVENTIONS, psnr_y, ssim_y
-from drsan_kit.core.variants import PAPER_RESULTS, SCALES, VARIANTS
-from drsan_kit.edge_runtime.contract import DEFAULT_MARGIN, WHOLE_FRAME, argtype, parse_window, window_tile
-from drsan_kit.eval import cli, provenance
+from ..core.datasets import BENCHMARKS_ENV, Pair, benchmark_root, find_sets, load_pairs
+from ..core.imresize import imresize
+from ..core.metrics import CONVENTIONS, psnr_y, ssim_y
+from ..core.variants import PAPER_RESULTS, SCALES, VARIANTS
+from ..edge_runtime.contract import DEFAULT_MARGIN, WHOLE_FRAME, argtype, parse_window, window_tile
+from ..core import provenance
+from . import cli
 
 DATA_HELP = f"folder of benchmark sets, SET/HR/*.png (default: ${BENCHMARKS_ENV})"
 
@@ -55,8 +62,8 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     data = benchmark_root(args.data)
-    from drsan_kit.edge_runtime.backends import open_backend
-    from drsan_kit.edge_runtime.tiler import Tiler
+    from ..edge_runtime.backends import open_backend
+    from ..edge_runtime.tiler import Tiler
 
     backend = open_backend("torch", args.weights, variant=args.variant, scale=args.scale)
     tile = window_tile(args.tile)

@@ -4,16 +4,22 @@
 """
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:   # run by path, e.g. python eval/bicubic.py
+    import importlib
+
+    __package__ = "drsan_kit.eval"   # so that the relative imports below resolve (PEP 366)
+    importlib.import_module(__package__)
+
 import argparse
 
 import numpy as np
 
-from drsan_kit.core.datasets import benchmark_root, find_sets, load_pairs
-from drsan_kit.core.imresize import imresize
-from drsan_kit.core.metrics import psnr_y, ssim_y
-from drsan_kit.core.variants import BICUBIC_PUBLISHED, SCALES
-from drsan_kit.eval import cli
-from drsan_kit.eval.benchmark import DATA_HELP
+from ..core.datasets import benchmark_root, find_sets, load_pairs
+from ..core.imresize import imresize
+from ..core.metrics import psnr_y, ssim_y
+from ..core.variants import BICUBIC_PUBLISHED, SCALES
+from . import cli
+from .benchmark import DATA_HELP
 
 
 def main(argv=None):

@@ -16,6 +16,12 @@ ESTIMATE from FP16 emulation of the PyTorch model, and labelled so.
 """
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:   # run by path, e.g. python eval/drift.py
+    import importlib
+
+    __package__ = "drsan_kit.eval"   # so that the relative imports below resolve (PEP 366)
+    importlib.import_module(__package__)
+
 import argparse
 import json
 import platform
@@ -26,17 +32,18 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from drsan_kit.core.datasets import benchmark_root, find_sets, load_pairs
-from drsan_kit.core.metrics import CONVENTIONS, psnr, psnr_y, rgb_to_y, ssim_y
-from drsan_kit.core.variants import SCALES, VARIANTS
-from drsan_kit.edge_runtime.artifact import open_artifact
-from drsan_kit.edge_runtime.contract import (DEFAULT_MARGIN, WHOLE_FRAME, abilities, argtype, artifact_kinds,
-                                             Window, backend_spec, choose_window, kind_of_path, parse_window, read_manifest)
-from drsan_kit.edge_runtime.upscaler import Upscaler
-from drsan_kit.edge_runtime.verify import verify_artifact
-from drsan_kit.eval import cli, provenance
-from drsan_kit.eval.benchmark import DATA_HELP
-from drsan_kit.eval.cli import EvalError
+from ..core.datasets import benchmark_root, find_sets, load_pairs
+from ..core.metrics import CONVENTIONS, psnr, psnr_y, rgb_to_y, ssim_y
+from ..core.variants import SCALES, VARIANTS
+from ..edge_runtime.artifact import open_artifact
+from ..edge_runtime.contract import (DEFAULT_MARGIN, WHOLE_FRAME, abilities, argtype, artifact_kinds,
+                                     Window, backend_spec, choose_window, kind_of_path, parse_window, read_manifest)
+from ..edge_runtime.upscaler import Upscaler
+from ..edge_runtime.verify import verify_artifact
+from ..core import provenance
+from . import cli
+from .benchmark import DATA_HELP
+from .cli import EvalError
 
 
 @dataclass
@@ -87,7 +94,7 @@ class Reference:
     def backend(self):
         if self._backend is None:
             try:
-                from drsan_kit.edge_runtime.backends import open_backend
+                from ..edge_runtime.backends import open_backend
             except ImportError:
                 raise EvalError("computing the reference needs torch; pass --reference FILE") from None
             self._backend = open_backend("torch", self.args.weights, variant=self.args.variant, scale=self.args.scale)
@@ -143,8 +150,8 @@ def open_for_drift(art: Artifact, args, reference: Reference) -> Upscaler:
     """An Upscaler that runs the artifact as the runtime does (edge_runtime.artifact.open_artifact); CoreML
     off macOS becomes the FP16-emulated PyTorch model at the artifact's tile (an estimate, labelled so)."""
     if art.kind == "coreml" and platform.system() != "Darwin":
-        from drsan_kit.core.fp16 import fp16_emulated
-        from drsan_kit.edge_runtime.backends.torch import TorchBackend
+        from ..core.fp16 import fp16_emulated
+        from ..edge_runtime.backends.torch import TorchBackend
 
         verify_artifact(art.path, art.kind, args.scale)
         backend = TorchBackend(model=fp16_emulated(reference.backend.model), input_hw=art.tile)
@@ -311,7 +318,7 @@ def write_reports(out: Path, report: dict, heat: dict):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from drsan_kit.core.atomic import atomic_path
+    from ..core.atomic import atomic_path
 
     report.setdefault("provenance", provenance.header())
     out.mkdir(parents=True, exist_ok=True)

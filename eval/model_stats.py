@@ -7,10 +7,16 @@ paper's Multi-Adds are its Table II values for a 1280x720 output.
 """
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:   # run by path, e.g. python eval/model_stats.py
+    import importlib
+
+    __package__ = "drsan_kit.eval"   # so that the relative imports below resolve (PEP 366)
+    importlib.import_module(__package__)
+
 import argparse
 
-from drsan_kit.core.model import build_model, count_macs, count_params
-from drsan_kit.core.variants import PAPER_GMACS, PAPER_PARAMS, SCALES, VARIANTS
+from ..core.model import build_model, count_macs, count_params
+from ..core.variants import PAPER_GMACS, PAPER_PARAMS, SCALES, VARIANTS
 
 
 def main(argv=None):

@@ -12,6 +12,12 @@ window, 32 channels). Needs the tflite extra (TensorFlow converts the probes).
 """
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:   # run by path, e.g. python eval/op_speed.py
+    import importlib
+
+    __package__ = "drsan_kit.eval"   # so that the relative imports below resolve (PEP 366)
+    importlib.import_module(__package__)
+
 import argparse
 import json
 import os
@@ -20,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from drsan_kit.core.atomic import atomic_path
+from ..core.atomic import atomic_path
 
 
 def _probes(tf, c: int, rng):

@@ -20,6 +20,12 @@ layer CSV to --out. Needs the tflite extra (TensorFlow, onnx2tf).
 """
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:   # run by path, e.g. python eval/sensitivity.py
+    import importlib
+
+    __package__ = "drsan_kit.eval"   # so that the relative imports below resolve (PEP 366)
+    importlib.import_module(__package__)
+
 import argparse
 import csv
 import json
@@ -29,12 +35,13 @@ from pathlib import Path
 
 import numpy as np
 
-from drsan_kit.converters import common
-from drsan_kit.converters.export import PRELU_FORMS
-from drsan_kit.converters.tflite import build_saved_model, make_converter, quiet
-from drsan_kit.core.datasets import benchmark_root
-from drsan_kit.eval import cli, provenance
-from drsan_kit.eval.benchmark import DATA_HELP
+from ..converters import common
+from ..converters.export import PRELU_FORMS
+from ..converters.tflite import build_saved_model, make_converter, quiet
+from ..core.datasets import benchmark_root
+from ..core import provenance
+from . import cli
+from .benchmark import DATA_HELP
 
 
 def parse_args(argv=None):
@@ -88,9 +95,9 @@ def run_debugger(saved, calib, debug, denylist=()):
 
 def evaluate(blob: bytes, path: Path, crops, reference, pairs, args) -> dict:
     """Fidelity to FP32 PyTorch on crops, dPSNR vs HR on the benchmark pairs, size, ms per window."""
-    from drsan_kit.core.metrics import psnr_y
-    from drsan_kit.edge_runtime.backends.tflite import TFLiteBackend
-    from drsan_kit.edge_runtime.upscaler import Upscaler
+    from ..core.metrics import psnr_y
+    from ..edge_runtime.backends.tflite import TFLiteBackend
+    from ..edge_runtime.upscaler import Upscaler
 
     path.write_bytes(blob)
     backend = TFLiteBackend(path, threads=args.threads, scale=args.scale)
@@ -112,10 +119,10 @@ def reference_pairs(args, data, model):
     """(pair, FP32 whole-frame PSNR) for each image of --sets under data."""
     if not args.sets:
         return [], []
-    from drsan_kit.core.datasets import find_sets, load_pairs
-    from drsan_kit.core.metrics import psnr_y
-    from drsan_kit.edge_runtime.backends.torch import TorchBackend
-    from drsan_kit.edge_runtime.upscaler import Upscaler
+    from ..core.datasets import find_sets, load_pairs
+    from ..core.metrics import psnr_y
+    from ..edge_runtime.backends.torch import TorchBackend
+    from ..edge_runtime.upscaler import Upscaler
 
     sets = [s for s in find_sets(data) if s.name in args.sets.split(",")]
     whole = Upscaler(TorchBackend(model=model))

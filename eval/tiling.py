@@ -10,6 +10,12 @@ fidelity exists. Writes tiling.json and tiling.md.
 """
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:   # run by path, e.g. python eval/tiling.py
+    import importlib
+
+    __package__ = "drsan_kit.eval"   # so that the relative imports below resolve (PEP 366)
+    importlib.import_module(__package__)
+
 import argparse
 import json
 import time
@@ -18,15 +24,16 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from drsan_kit.core.datasets import Pair, benchmark_root, find_sets, load_pairs
-from drsan_kit.core.metrics import psnr, psnr_y
-from drsan_kit.core.variants import SCALES, VARIANTS
-from drsan_kit.edge_runtime.backends import open_backend
-from drsan_kit.edge_runtime.contract import DEFAULT_MARGIN, DEFAULT_TILE, argtype, format_tile, parse_tiles
-from drsan_kit.edge_runtime.upscaler import COEFF_MODES, Upscaler
-from drsan_kit.edge_runtime.bench import test_frame
-from drsan_kit.eval import cli, provenance
-from drsan_kit.eval.benchmark import DATA_HELP
+from ..core.datasets import Pair, benchmark_root, find_sets, load_pairs
+from ..core.metrics import psnr, psnr_y
+from ..core.variants import SCALES, VARIANTS
+from ..edge_runtime.backends import open_backend
+from ..edge_runtime.contract import DEFAULT_MARGIN, DEFAULT_TILE, argtype, format_tile, parse_tiles
+from ..edge_runtime.upscaler import COEFF_MODES, Upscaler
+from ..edge_runtime.bench import test_frame
+from ..core import provenance
+from . import cli
+from .benchmark import DATA_HELP
 
 
 def main(argv=None):

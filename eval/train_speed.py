@@ -17,6 +17,12 @@ from the first timed step to the end of the last one (the GPU's queue drained).
 """
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:   # run by path, e.g. python eval/train_speed.py
+    import importlib
+
+    __package__ = "drsan_kit.eval"   # so that the relative imports below resolve (PEP 366)
+    importlib.import_module(__package__)
+
 import argparse
 import itertools
 import statistics
@@ -27,13 +33,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from drsan_kit.core.atomic import atomic_path
-from drsan_kit.core.device_sampler import DeviceSampler, load_pairs
-from drsan_kit.core.images import list_images
-from drsan_kit.core.model import build_model
-from drsan_kit.core.train import LAYOUTS, autocast_dtype, cpu_has_fast_bf16, memory_format, train_step
-from drsan_kit.core.variants import SCALES, VARIANTS
-from drsan_kit.eval import provenance
+from ..core.atomic import atomic_path
+from ..core.device_sampler import DeviceSampler, load_pairs
+from ..core.images import list_images
+from ..core.model import build_model
+from ..core.train import LAYOUTS, autocast_dtype, cpu_has_fast_bf16, memory_format, train_step
+from ..core.variants import SCALES, VARIANTS
+from ..core import provenance
 
 
 def make_arm(variant, scale, amp, layout, lr, hr):

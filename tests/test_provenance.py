@@ -2,7 +2,7 @@
 import re
 
 from conftest import REPO
-from drsan_kit.eval import provenance
+from drsan_kit.core import provenance
 
 
 def test_paths_inside_and_beside_the_repository_become_relative():

@@ -25,7 +25,7 @@ def backend_class(kind: str):
     """The class registered for `kind`, its module imported now; BackendError when the runtime is missing."""
     spec = backend_spec(kind)
     try:
-        module = importlib.import_module(f"{__name__}.{spec.module}")
+        module = importlib.import_module(spec.module, package=__name__)   # ".tflite": a module of this folder
     except ImportError as exc:
         raise BackendError(f"the {kind} backend needs {exc.name or 'a missing package'}: {spec.install}") from None
     return getattr(module, spec.cls)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numbers
 
-from drsan_kit.edge_runtime.backends import BackendError
+from . import BackendError
 
 
 def _dim(d):

@@ -5,7 +5,7 @@ import platform
 
 import numpy as np
 
-from drsan_kit.edge_runtime.backends import BackendError
+from . import BackendError
 
 
 class CoreMLBackend:

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from drsan_kit.edge_runtime.backends import BackendError
-from drsan_kit.edge_runtime.backends.common import check_io_shapes
+from . import BackendError
+from .common import check_io_shapes
 
 
 class OnnxBackend:
     kind = "onnx"
+    providers = ("CPUExecutionProvider",)   # a subclass for another execution provider changes this (docs/extending.md)
 
     def __init__(self, path, threads: int = 0, scale: int | None = None):
         import onnxruntime as ort
@@ -17,7 +18,7 @@ class OnnxBackend:
         if threads:
             opts.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(path), opts, providers=list(self.providers))
         except Exception as exc:
             raise BackendError(f"{path}: cannot load as an ONNX model ({str(exc).splitlines()[0][:200]})") from None
         inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
@@ -25,7 +26,7 @@ class OnnxBackend:
         # NCHW, as exported; symbolic dims are strings.
         self.input_hw, self.scale = check_io_shapes(path, inp.shape, out.shape, layout="NCHW", scale=scale)
         self.precision = "fp32"
-        self.name = "onnxruntime"
+        self.name = "onnxruntime" + ("" if self.providers == OnnxBackend.providers else f" ({self.providers[0]})")
 
     def __call__(self, tile: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(tile.transpose(2, 0, 1)[None], dtype=np.float32)

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from drsan_kit.edge_runtime.backends import BackendError
-from drsan_kit.edge_runtime.backends.common import check_io_shapes
-from drsan_kit.edge_runtime.tiler import pad_to
+from . import BackendError
+from .common import check_io_shapes
+from ..tiler import pad_to
 
 
 def _interpreter_class():
@@ -26,7 +26,7 @@ def _interpreter_class():
     except ImportError:
         pass
     try:
-        from tflite_runtime.interpreter import Interpreter
+        from tflite_runtime.interpreter import Interpreter  # pyright: ignore[reportMissingImports]  (optional)
         return Interpreter, "tflite-runtime"
     except ImportError:
         pass

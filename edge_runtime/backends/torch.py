@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from drsan_kit.core.checkpoint import load_checkpoint, resolve_weights
+from ...core.checkpoint import load_checkpoint, resolve_weights
 
 
 class TorchBackend:
