@@ -50,6 +50,10 @@ from . import qat
 from .variants import SCALES, VARIANTS
 
 
+class TrainingError(ValueError):
+    """A training run that cannot start as asked; the message says why in one line."""
+
+
 class PatchSampler(torch.utils.data.Dataset):
     """Holds every training image (HR and its bicubic LR) in memory and draws random patch pairs.
 
@@ -62,10 +66,10 @@ class PatchSampler(torch.utils.data.Dataset):
         self.scale, self.patch = scale, patch
         files = list_images(folder) if files is None else files
         if not files:
-            raise SystemExit(f"error: no images (png, jpg, bmp, tif, webp) found under {folder}")
+            raise TrainingError(f"no images (png, jpg, bmp, tif, webp) found under {folder}")
         self.pairs = load_training_pairs(files, scale, patch, log)
         if not self.pairs:
-            raise SystemExit(f"error: no image under {folder} is large enough for {patch}x{patch} LR patches at x{scale}")
+            raise TrainingError(f"no image under {folder} is large enough for {patch}x{patch} LR patches at x{scale}")
         # "area": images drawn in proportion to how many patches they hold, so every LR pixel
         # counts the same; "uniform": every image equally often (small images weigh more).
         self.weights = image_weights([lr.shape[:2] for lr, _ in self.pairs], sampling)
@@ -147,7 +151,7 @@ def autocast_dtype(args, device):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     supported = cpu_has_fast_bf16()
     if args.amp == "bf16" and not supported:
-        raise SystemExit("error: --amp bf16 asked for, but this CPU has no fast bf16 support")
+        raise TrainingError("--amp bf16 asked for, but this CPU has no fast bf16 support")
     return torch.bfloat16 if supported else None
 
 
@@ -195,7 +199,7 @@ def init_from(model, path, log):
     """Copy every tensor of another-scale checkpoint whose name and shape match (all but the upsampler)."""
     src = read_checkpoint(path)
     if src["variant"] != model.variant.name:
-        raise SystemExit(f"error: --init-from {path} is DRSAN-{src['variant']}, this run trains {model.variant.name}")
+        raise TrainingError(f"--init-from {path} is DRSAN-{src['variant']}, this run trains {model.variant.name}")
     own = model.state_dict()
     taken = {k: v for k, v in src["state_dict"].items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(taken, strict=False)
@@ -207,7 +211,7 @@ def load_teacher(path, args, device, layout, log):
     try:
         teacher, _ = load_checkpoint(path, args.variant, args.scale)
     except (CheckpointError, OSError) as exc:
-        raise SystemExit(f"error: --teacher: {exc}") from None
+        raise TrainingError(f"--teacher: {exc}") from None
     teacher.to(device, memory_format=layout).eval().requires_grad_(False)
     log(f"distilling from {path}: the loss compares with its output, not the HR patch")
     return teacher
@@ -310,7 +314,15 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    """The command line: a TrainingError becomes `error: ...` and exit status 1, never a traceback."""
+    try:
+        train(parse_args(argv), argv)
+    except TrainingError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
+def train(args, argv=None):
+    """One training run (resumed from args.out/last.pt when there is one)."""
     args.lr = scaled_lr(args.lr, args.lr_scaling, args.batch * int(os.environ.get("WORLD_SIZE", "1")))
     ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank = int(os.environ.get("RANK", "0"))
@@ -337,11 +349,11 @@ def main(argv=None):
     ema_saved = None
     resume = out / "last.pt"
     if args.val and args.val_split:
-        raise SystemExit("error: give --val-split or --val, not both")
+        raise TrainingError("give --val-split or --val, not both")
     try:
         train_files, held = split_holdout(args.data, args.val_split)
     except ValueError as exc:
-        raise SystemExit(f"error: --val-split: {exc}") from None
+        raise TrainingError(f"--val-split: {exc}") from None
     sampler = PatchSampler(args.data, args.scale, args.patch, seed=args.seed + rank, log=log,
                            sampling=args.sampling, files=train_files)
     on_device = data_on_device(args, device)
@@ -365,7 +377,7 @@ def main(argv=None):
     model.to(device, memory_format=layout).train()
     net = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
     if args.qat and args.ema:
-        raise SystemExit("error: --qat and --ema cannot be combined")
+        raise TrainingError("--qat and --ema cannot be combined")
     ema = ema_of(model, args.ema, ema_saved) if args.ema else None
     # what validation measures and model.pt ships: the average when there is one
     shipped = ema.module if ema is not None else model

@@ -40,6 +40,8 @@ from ..core.model import build_model
 from ..core.train import LAYOUTS, autocast_dtype, cpu_has_fast_bf16, memory_format, train_step
 from ..core.variants import SCALES, VARIANTS
 from ..core import provenance
+from . import cli
+from .cli import EvalError
 
 
 def make_arm(variant, scale, amp, layout, lr, hr):
@@ -62,7 +64,7 @@ def end_to_end(args, device) -> tuple[str, float]:
     files = list_images(args.data)
     pairs = load_pairs(files, args.scale, args.patch, log=lambda *a: None)
     if not pairs:
-        raise SystemExit(f"error: no image under {args.data} holds a {args.patch}x{args.patch} LR patch at x{args.scale}")
+        raise EvalError(f"no image under {args.data} holds a {args.patch}x{args.patch} LR patch at x{args.scale}")
     sampler = DeviceSampler(pairs, args.scale, args.patch, seed=0, device=device)
     used = len(pairs)
     del pairs
@@ -84,7 +86,7 @@ def end_to_end(args, device) -> tuple[str, float]:
     sync()
     seconds = time.perf_counter() - t0
     if not torch.isfinite(loss_sum):
-        raise SystemExit("error: the loss is not finite; the figure would mean nothing")
+        raise EvalError("the loss is not finite; the figure would mean nothing")
     rate = args.batch * args.steps / seconds
     # the data's share: the same batches cut again, alone
     t0 = time.perf_counter()
@@ -169,4 +171,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(cli.run(main))

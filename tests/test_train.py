@@ -205,3 +205,20 @@ def test_qat_fine_tuning_resumes_exactly_and_ships_ranges(data, tmp_path, capsys
     assert shipped["meta"]["qat"]["ranges_frozen_at"] == 3
     # the shipped weights are a plain DRSAN that every loader reads
     load_checkpoint(tmp_path / "resumed" / "model.pt", "32s", 2)
+
+
+def test_teacher_replaces_the_hr_target_with_its_output(data, tmp_path):
+    train_main(_args(data, tmp_path / "t", 1))
+    teacher = tmp_path / "t" / "model.pt"
+    # a student that starts as the teacher has nothing to learn from it: zero loss, unchanged weights
+    train_main(_args(data, tmp_path / "same", 1, init_from=teacher, teacher=teacher, loss="l2"))
+    row = (tmp_path / "same" / "log.csv").read_text().splitlines()[1].split(",")
+    assert float(row[1]) == 0.0
+    a, b = (read_checkpoint(p)["state_dict"] for p in (teacher, tmp_path / "same" / "model.pt"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert read_checkpoint(tmp_path / "same" / "model.pt")["meta"]["training"]["teacher"] == str(teacher)
+    # against HR the same start has a loss
+    train_main(_args(data, tmp_path / "hr", 1, init_from=teacher, loss="l2"))
+    assert float((tmp_path / "hr" / "log.csv").read_text().splitlines()[1].split(",")[1]) > 0
+    with pytest.raises(SystemExit, match="--teacher"):
+        train_main(_args(data, tmp_path / "bad", 1, teacher=tmp_path / "missing.pt"))
