@@ -4,9 +4,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
+import io
+import os
 import platform
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +35,37 @@ def fail(msg: str, code: int = 2):
     sys.exit(code)
 
 
+@contextlib.contextmanager
+def quiet(enabled: bool = True):
+    """Silence third-party chatter (TensorFlow's and onnx2tf's logs, coremltools' start-up warnings; C++ logs go to
+    fd 2) unless --verbose. Nothing of the kit's own may print inside: it would vanish too."""
+    if not enabled:
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(2), os.dup(1)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+        os.dup2(null.fileno(), 1)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                yield
+        finally:
+            os.dup2(saved[0], 2)
+            os.dup2(saved[1], 1)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def quiet_startup(verbose: bool):
+    """Before any third-party import: TensorFlow's C++ start-up logs (CUDA probing, factory registration) off
+    unless --verbose. Set in the environment, so it must run before TensorFlow is first imported."""
+    if not verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        warnings.filterwarnings("ignore", module="coremltools")
+
+
 def add_model_args(ap: argparse.ArgumentParser):
     ap.add_argument("--variant", default="32s", choices=list(VARIANTS), help="model variant (default 32s)")
     ap.add_argument("--scale", type=int, default=4, choices=SCALES, help="upscaling factor (default 4)")
@@ -40,6 +75,8 @@ def add_model_args(ap: argparse.ArgumentParser):
                     help=f"fixed LR input shape HxW of the artifact (default {format_tile(DEFAULT_TILE)})")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default ./artifacts)")
     ap.add_argument("--check-images", type=int, default=4, help="image crops used by the artifact check (default 4)")
+    ap.add_argument("--verbose", action="store_true",
+                    help="show the third-party tools' own output (TensorFlow, onnx2tf, coremltools), hidden by default")
 
 
 def prepare_out(out: Path) -> Path:

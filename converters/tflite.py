@@ -5,42 +5,18 @@ per-layer int8 variants with the same functions, so both quantize exactly alike.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from . import common, qat_ranges
+from .common import quiet
 from .export import deploy_model, export_onnx
 from ..edge_runtime.contract import PRECISIONS
 
 __all__ = ["quiet", "onnx_to_saved_model", "build_saved_model", "make_converter", "convert_mode", "load_qat",
            "convert_qat"]
-
-
-@contextlib.contextmanager
-def quiet(enabled: bool = True):
-    """Silence TensorFlow's and onnx2tf's chatter (C++ logs go to fd 2) unless --verbose."""
-    if not enabled:
-        yield
-        return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(2), os.dup(1)
-    with open(os.devnull, "w") as null:
-        os.dup2(null.fileno(), 2)
-        os.dup2(null.fileno(), 1)
-        try:
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                yield
-        finally:
-            os.dup2(saved[0], 2)
-            os.dup2(saved[1], 1)
-            os.close(saved[0])
-            os.close(saved[1])
 
 
 def onnx_to_saved_model(onnx_path: Path, workdir: Path, sample: np.ndarray, verbose: bool) -> Path:

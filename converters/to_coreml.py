@@ -123,6 +123,7 @@ def main(argv=None):
     ap.add_argument("--precision", choices=["fp16", "fp32"], default="fp16", help="compute precision (default fp16)")
     ap.add_argument("--weights-int8", action="store_true", help="compress weights to int8 (coremltools.optimize)")
     args = ap.parse_args(argv)
+    common.quiet_startup(args.verbose)
     out = common.prepare_out(args.out)
     model, blob, weights = common.load_reference(args)
     tiles = [args.tile] + [t for t in args.extra_tiles if t != args.tile]
@@ -130,18 +131,20 @@ def main(argv=None):
     reference = common.reference_outputs(model, crops)
     label = args.precision + ("_w8" if args.weights_int8 else "")
     name = f"drsan_{args.variant}_x{args.scale}_{args.tile[0]}x{args.tile[1]}_{label}.mlpackage"
-    print(f"converting DRSAN-{args.variant} x{args.scale} from {weights} to CoreML ({label}), "
+    print(f"converting DRSAN-{args.variant} x{args.scale} from {common.shown_path(weights)} to CoreML ({label}), "
           f"shapes {', '.join(f'{h}x{w}' for h, w in tiles)}")
     try:
-        mlmodel = convert(model, tiles, args.precision)
-        if args.weights_int8:
-            mlmodel = compress_weights_int8(mlmodel)
+        with common.quiet(not args.verbose):   # coremltools' start-up warnings and progress bars
+            mlmodel = convert(model, tiles, args.precision)
+            if args.weights_int8:
+                mlmodel = compress_weights_int8(mlmodel)
     except Exception as exc:   # coremltools raises many kinds; the user needs one line
         raise common.ConversionError(f"CoreML conversion failed: {str(exc).splitlines()[0][:300]}") from None
     describe(mlmodel, args, blob, tiles, label)
     with tempfile.TemporaryDirectory(prefix="drsan-coreml-", dir=out) as tmp:
         staged = Path(tmp) / name
-        mlmodel.save(str(staged))
+        with common.quiet(not args.verbose):
+            mlmodel.save(str(staged))
         structure = structural_check(staged, tiles, args.scale)
         print(f"  structure: ML Program, {structure['program_ops']} ops, input lr {structure['default_shape']}, "
               f"{len(structure['enumerated_shapes'])} shape(s)")

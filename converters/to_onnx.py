@@ -43,7 +43,7 @@ def main(argv=None):
     reference = common.reference_outputs(model, crops)
     suffix = "dynamic" if args.dynamic else f"{args.tile[0]}x{args.tile[1]}"
     name = f"drsan_{args.variant}_x{args.scale}_{suffix}.onnx"
-    print(f"exporting DRSAN-{args.variant} x{args.scale} from {weights}")
+    print(f"exporting DRSAN-{args.variant} x{args.scale} from {common.shown_path(weights)}")
     rec = convert_onnx(model, args.tile, out, name, args.dynamic, crops, reference)
     rec.check["images_from"] = desc
     common.write_manifest(out, args, blob, weights, [rec])

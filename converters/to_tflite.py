@@ -76,8 +76,8 @@ def main(argv=None):
                          "its learned int8 ranges instead of a calibration; written as *_int8_qat.tflite")
     ap.add_argument("--threads", type=int, default=0, help="interpreter threads for the check")
     ap.add_argument("--keep-saved-model", action="store_true", help="keep onnx2tf's SavedModel in --out")
-    ap.add_argument("--verbose", action="store_true", help="show onnx2tf and TensorFlow output")
     args = ap.parse_args(argv)
+    common.quiet_startup(args.verbose)
     if args.qat and args.prelu != "sub":
         ap.error("--qat needs --prelu sub, the spelling fine-tuning simulates")
     out = common.prepare_out(args.out)

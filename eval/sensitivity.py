@@ -62,7 +62,6 @@ def parse_args(argv=None):
     ap.add_argument("--prelu", choices=PRELU_FORMS, default="sub",
                     help="how integer models spell PReLU (default sub, as the converter; see converters/export.py)")
     ap.add_argument("--threads", type=int, default=0, help="interpreter threads")
-    ap.add_argument("--verbose", action="store_true", help="show onnx2tf and TensorFlow output")
     return ap.parse_args(argv)
 
 
