@@ -22,8 +22,9 @@ __all__ = ["quiet", "onnx_to_saved_model", "build_saved_model", "make_converter"
 def onnx_to_saved_model(onnx_path: Path, workdir: Path, sample: np.ndarray, verbose: bool) -> Path:
     """onnx2tf's TensorFlow path; its self-check data is our own sample crops, never a download."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import onnx2tf
-    import onnx2tf.onnx2tf as o2t_module
+    with quiet(not verbose):   # importing TensorFlow logs CUDA probing and factory registration
+        import onnx2tf
+        import onnx2tf.onnx2tf as o2t_module
 
     # onnx2tf fetches a sample-image file from the internet to test image-shaped models; give it ours.
     o2t_module.download_test_image_data = lambda: sample
