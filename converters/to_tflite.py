@@ -144,8 +144,9 @@ def main(argv=None):
             if qat_summary:
                 print(f"    {qat_summary['tensors_with_learned_range']} tensors took a learned range, "
                       f"{qat_summary['tensors_calibrated']} kept the calibrated one (slices, sigmoid outputs)")
-            check = common.check_artifact(open_backend("tflite", staged, threads=args.threads), crops, reference,
-                                          mode, staged.name)
+            with common.quiet(not args.verbose):   # the interpreter's "Created ... XNNPACK delegate" line
+                backend = open_backend("tflite", staged, threads=args.threads)
+            check = common.check_artifact(backend, crops, reference, mode, staged.name)
             check["images_from"] = check_desc
             final = out / staged.name
             shutil.move(staged, final)   # only checked files reach --out
