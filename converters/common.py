@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib.metadata
 import io
 import os
@@ -102,6 +103,7 @@ def load_reference(args):
     return model, blob, path
 
 
+@functools.lru_cache(maxsize=4)   # the check crops, calibration and onnx2tf's sample all draw on these
 def sample_images(folder=None) -> tuple[list[np.ndarray], str]:
     """Real photographs as uint8 RGB: a user's folder, or the ones scikit-image ships (offline)."""
     if folder:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .backends import BackendError, open_backend
 from .contract import (DEFAULT_TILE, ArtifactEntry, ManifestError, ModelInfo, Tile, Window, abilities, artifact_entry,
-                       artifact_kinds, backend_spec, choose_window, kind_of_path)
+                       artifact_extensions, backend_spec, choose_window, kind_of_path)
 from .verify import verify_artifact
 
 
@@ -44,8 +44,7 @@ def open_artifact(path, kind: str | None = None, scale: int | None = None, windo
     path = Path(path)
     kind = kind or kind_of_path(path)
     if kind is None or not backend_spec(kind).artifact:
-        known = ", ".join(e for k in artifact_kinds() for e in backend_spec(k).extensions)
-        raise BackendError(f"{path}: not a model format this kit runs (expected {known})")
+        raise BackendError(f"{path}: not a model format this kit runs (expected {artifact_extensions()})")
     try:
         found = artifact_entry(path)
     except ManifestError as exc:

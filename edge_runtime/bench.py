@@ -29,7 +29,7 @@ from ..core.variants import SCALES, VARIANTS
 from .artifact import open_artifact
 from .backends import BackendError, open_backend
 from .contract import (DEFAULT_MARGIN, DEFAULT_TILE, QAT, WHOLE_FRAME, Window, argtype,
-                       artifact_kinds, choose_window, format_tile, parse_tile, read_manifest)
+                       artifact_kinds, backend_spec, choose_window, format_tile, parse_tile, read_manifest)
 from .upscaler import Upscaler, time_frames
 from ..core import provenance
 
@@ -80,7 +80,7 @@ def main(argv=None):
     ap.add_argument("--md", type=Path, default=None, help="write results as a Markdown table")
     args = ap.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
-    runnable = [k for k in artifact_kinds() if k != "coreml" or platform.system() == "Darwin"]
+    runnable = [k for k in artifact_kinds() if backend_spec(k).runs_here()]
     threads = args.threads or os.cpu_count()
     opened = []
     try:   # every artifact verified and opened before any timing: a damaged one would crash half-way through

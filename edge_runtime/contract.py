@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -183,13 +184,17 @@ class BackendSpec:
     model is opened, so that reading this table never imports torch, TensorFlow or an interpreter."""
     kind: str                      # the format name: run.py's flag, the manifest's "format"
     extensions: tuple[str, ...]    # file suffixes of its models ("" for none: torch takes a checkpoint)
-    module: str                    # module holding the class: ".name" for edge_runtime/backends/name.py, else a full path
+    module: str                    # ".name" for edge_runtime/backends/name.py, else a module's full path
     cls: str                       # the backend class
     resizable: bool = False        # a fixed-shape model file that still runs windows of other sizes
     coefficients: bool = False     # takes the DRA coefficients from outside (Upscaler coeffs="frame")
     artifact: bool = True          # a format converters write and manifests list (torch is the reference)
     install: str = ""              # what to install when the runtime is missing
     help: str = ""                 # one line for command-line help: what file it takes
+    systems: tuple[str, ...] = ()  # platform.system() names it runs on; () for any
+
+    def runs_here(self) -> bool:
+        return not self.systems or platform.system() in self.systems
 
 
 BACKENDS: dict[str, BackendSpec] = {}
@@ -213,7 +218,7 @@ for _spec in (
     BackendSpec("onnx", (".onnx",), ".onnx", "OnnxBackend", install="pip install onnxruntime",
                 help="an .onnx model from converters/to_onnx.py"),
     BackendSpec("coreml", (".mlpackage",), ".coreml", "CoreMLBackend", install="pip install coremltools (macOS)",
-                help="an .mlpackage from converters/to_coreml.py (macOS only)"),
+                help="an .mlpackage from converters/to_coreml.py (macOS only)", systems=("Darwin",)),
     BackendSpec("torch", (), ".torch", "TorchBackend", coefficients=True, artifact=False,
                 install="pip install -e '.[torch]'", help="the PyTorch reference (needs torch; see --weights)"),
 ):
@@ -230,6 +235,11 @@ def backend_spec(kind: str) -> BackendSpec:
 def artifact_kinds() -> tuple[str, ...]:
     """The formats converters write (the registry's artifact backends), in registration order."""
     return tuple(k for k, b in BACKENDS.items() if b.artifact)
+
+
+def artifact_extensions() -> str:
+    """The artifact file suffixes, for messages: ".tflite, .onnx, .mlpackage"."""
+    return ", ".join(e for k in artifact_kinds() for e in BACKENDS[k].extensions)
 
 
 def kind_of_path(path) -> str | None:

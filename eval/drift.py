@@ -36,8 +36,9 @@ from ..core.datasets import benchmark_root, find_sets, load_pairs
 from ..core.metrics import CONVENTIONS, psnr, psnr_y, rgb_to_y, ssim_y
 from ..core.variants import SCALES, VARIANTS
 from ..edge_runtime.artifact import open_artifact
-from ..edge_runtime.contract import (DEFAULT_MARGIN, WHOLE_FRAME, abilities, argtype, artifact_kinds,
-                                     Window, backend_spec, choose_window, kind_of_path, parse_window, read_manifest)
+from ..edge_runtime.contract import (DEFAULT_MARGIN, WHOLE_FRAME, Window, abilities, argtype, artifact_extensions,
+                                     artifact_kinds, backend_spec, choose_window, kind_of_path, parse_window,
+                                     read_manifest)
 from ..edge_runtime.upscaler import Upscaler
 from ..edge_runtime.verify import verify_artifact
 from ..core import provenance
@@ -72,8 +73,7 @@ def discover(folder: Path, scale: int) -> list[Artifact]:
             if (kind := kind_of_path(p)) in artifact_kinds():
                 found.append(Artifact(p, kind, "unknown", None))
     if not found:
-        raise EvalError(f"no artifacts ({', '.join(e for k in artifact_kinds() for e in backend_spec(k).extensions)}) "
-                        f"in {folder}")
+        raise EvalError(f"no artifacts ({artifact_extensions()}) in {folder}")
     return found
 
 
@@ -149,7 +149,7 @@ class Reference:
 def open_for_drift(art: Artifact, args, reference: Reference) -> Upscaler:
     """An Upscaler that runs the artifact as the runtime does (edge_runtime.artifact.open_artifact); CoreML
     off macOS becomes the FP16-emulated PyTorch model at the artifact's tile (an estimate, labelled so)."""
-    if art.kind == "coreml" and platform.system() != "Darwin":
+    if art.kind == "coreml" and not backend_spec("coreml").runs_here():
         from ..core.fp16 import fp16_emulated
         from ..edge_runtime.backends.torch import TorchBackend
 
