@@ -114,6 +114,7 @@ def convert_qat(saved_model: Path, model, ranges: dict, mode: str, crops: np.nda
     except ValueError as exc:
         raise common.ConversionError(str(exc)) from None
     float_sim = qat.recorded_ranges(sim, torch.from_numpy(crops.transpose(0, 3, 1, 2).copy()))
+    learned = qat.ranges(sim)   # the checkpoint's, with the image output's fixed range
     with quiet(not verbose):
-        return qat_ranges.qat_quantize(make_converter(saved_model, "int8", crops), crops, float_sim, ranges,
+        return qat_ranges.qat_quantize(make_converter(saved_model, "int8", crops), crops, float_sim, learned,
                                        io_int8=mode == "int8_io")

@@ -10,6 +10,7 @@ the int8 TFLite artifact computes (converters/to_tflite.py, PReLU spelled "sub")
   each PReLU's parts (relu(x), x - relu(x), slope * that, their sum), the DRA products
   and sums, the global-average-pooled coefficients, the concatenation, the global
   residual sum; the sigmoid gate has TFLite's fixed range [0, 1) in steps of 1/256;
+- the output image has the fixed range [0, 1], whose int8 grid is the 8-bit levels k/255;
 - reshapes, slices, depth-to-space and the output's min(., 1) keep their input's
   range, as they do in TFLite.
 
@@ -33,6 +34,7 @@ from torch import nn
 QMIN, QMAX = -128, 127
 W_QMAX = 127
 SIGMOID_SCALE, SIGMOID_ZERO_POINT = 1.0 / 256.0, -128   # TFLite's fixed int8 LOGISTIC output
+IMAGE_RANGE = (0.0, 1.0)
 
 
 def quantize_weight(w: torch.Tensor) -> torch.Tensor:
@@ -95,6 +97,23 @@ class ActQuant(nn.Module):
         else:
             self.lo.lerp_(lo, self.momentum)
             self.hi.lerp_(hi, self.momentum)
+
+
+class ImageQuant(ActQuant):
+    """The output image, on the fixed range [0, 1]: scale 1/255 and zero point -128, so the
+    int8 grid is exactly the 8-bit image's levels k/255. Its rounding is then the one every
+    8-bit output goes through anyway, and values above 1 saturate as min(., 1) clamps them.
+    A tracked range (about [0, 1.1]) puts a second, misaligned grid before that rounding."""
+
+    def __init__(self):
+        super().__init__()
+        self.fix()
+
+    def fix(self):
+        self.lo.fill_(IMAGE_RANGE[0])
+        self.hi.fill_(IMAGE_RANGE[1])
+        self.seen.fill_(True)
+        self.frozen.fill_(True)
 
 
 class TiedQuant(nn.Module):
@@ -175,8 +194,15 @@ def _is_relu(node: torch.fx.Node) -> bool:
     return node.op in ("call_function", "call_method") and node.target in _RELUS
 
 
+def _is_image_output(node: torch.fx.Node) -> bool:
+    """The last ReLU, whose only use is the min(., 1) that the graph returns."""
+    users = list(node.users)
+    return (_is_relu(node) and len(users) == 1 and users[0].op == "call_method" and users[0].target == "clamp"
+            and all(u.op == "output" for u in users[0].users))
+
+
 def _output_kind(node: torch.fx.Node, modules: dict) -> str | None:
-    """'act', 'sigmoid' or None: how the int8 graph stores this node's output."""
+    """'act', 'image', 'sigmoid' or None: how the int8 graph stores this node's output."""
     if node.op == "placeholder":   # the image; not the optional DRA coefficients
         return "act" if node.target == "x" else None
     if node.op == "call_module":
@@ -187,6 +213,8 @@ def _output_kind(node: torch.fx.Node, modules: dict) -> str | None:
         return None   # QuantPReLU ranges its own parts
     if node.op == "call_function" and node.target is torch.sigmoid:
         return "sigmoid"
+    if _is_image_output(node):
+        return "image"
     if node.op == "call_function" and node.target in _RANGED_FUNCTIONS:
         return "act"
     if node.op == "call_method" and node.target in _RANGED_METHODS:
@@ -218,7 +246,7 @@ def prepare(model) -> torch.fx.GraphModule:
         if kind is None:
             continue
         name = f"aq_{i:03d}_{node.name}"
-        gm.add_submodule(name, ActQuant() if kind == "act" else SigmoidQuant())
+        gm.add_submodule(name, {"act": ActQuant, "image": ImageQuant, "sigmoid": SigmoidQuant}[kind]())
         with gm.graph.inserting_after(node):
             q = gm.graph.call_module(name, (node,))
         node.replace_all_uses_with(q, delete_user_cb=lambda user: user is not q)
@@ -290,6 +318,14 @@ def load_ranges(gm: nn.Module, saved: dict[str, list[float]], frozen: bool = Tru
         m.hi.fill_(hi)
         m.seen.fill_(True)
         m.frozen.fill_(frozen)
+    _fix_image_range(gm)
+
+
+def _fix_image_range(gm: nn.Module):
+    """Checkpoints from before the image range was fixed carry a tracked one: it does not count."""
+    for m in gm.modules():
+        if isinstance(m, ImageQuant):
+            m.fix()
 
 
 @torch.no_grad()
@@ -319,3 +355,4 @@ def load_range_state(gm: nn.Module, state: dict[str, torch.Tensor]):
     for key, value in state.items():
         name, buf = key.rsplit(".", 1)
         getattr(quants[name], buf).copy_(value)
+    _fix_image_range(gm)

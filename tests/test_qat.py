@@ -70,6 +70,22 @@ def test_frozen_ranges_stop_moving(x4):
     assert qat.ranges(sim) == before
 
 
+def test_output_is_on_the_8bit_levels_whatever_the_data(x4):
+    sim = qat.prepare(x4)
+    images = [m for m in sim.modules() if isinstance(m, qat.ImageQuant)]
+    assert len(images) == 1
+    sim.train()
+    with torch.no_grad():
+        sim(_photos() * 1.5)   # brighter than any image: a tracked range would widen
+        qat.load_ranges(sim, qat.ranges(sim) | {name: [0.0, 1.3] for name, m in sim.named_modules()
+                                                if isinstance(m, qat.ImageQuant)})
+        sim.eval()
+        out = sim(_photos(seed=2)) * 255
+    for image in images:
+        assert qat.qparams(*qat.ranges(sim)[next(n for n, m in sim.named_modules() if m is image)]) == (1 / 255, -128)
+    assert torch.allclose(out, out.round(), atol=1e-3) and float(out.min()) >= 0 and float(out.max()) <= 255
+
+
 @pytest.fixture(scope="module")
 def qat_checkpoint(tmp_path_factory):
     """A short quantization-aware run from the shipped x4 weights on a few photographs."""
