@@ -1,0 +1,197 @@
+"""Which int8 tensors cost the most? The int8 error budget of a DRSAN, tensor by tensor.
+
+    python eval/int8_budget.py --variant 32s --scale 2 --weights weights/drsan_32s_x2_qat.pt \\
+        --data /path/to/train_images --val-split 24 --out reports/int8_budget_32s_x2.md
+
+Runs the int8 simulation of core/qat.py (the graph the int8 TFLite artifact computes)
+on held-out crops of a training folder, with one tensor rounded at a time and everything
+else in float, and reports each tensor's share of the output error (mean squared error
+against the same weights in float, in 8-bit levels squared). The shares add up to about
+the error of rounding everything at once: the roundings are nearly independent.
+
+A quantization-aware checkpoint (core/train.py --qat) brings its own ranges; a float one
+is calibrated on the same crops (min/max, as post-training quantization does). Where the
+error sits tells what can help: fine-tuning spreads it out, but a tensor whose rounding
+reaches the output directly (the head features the global skip carries, the last convs)
+keeps its share whatever the weights, because its int8 grid is fixed by its own range.
+"""
+from __future__ import annotations
+
+if __name__ == "__main__" and not __package__:   # run by path, e.g. python eval/int8_budget.py
+    import importlib
+
+    __package__ = "drsan_kit.eval"   # so that the relative imports below resolve (PEP 366)
+    importlib.import_module(__package__)
+
+import argparse
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ..core import provenance
+from ..core.atomic import atomic_path
+from ..core.variants import SCALES, VARIANTS
+from .cli import EvalError, run
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(
+        description="Share of each int8 tensor in the output error of the int8 simulation, "
+                    "measured on held-out crops of a training folder (never a benchmark set).")
+    ap.add_argument("--variant", default="32s", choices=list(VARIANTS))
+    ap.add_argument("--scale", type=int, default=4, choices=SCALES)
+    ap.add_argument("--weights", default=None,
+                    help="checkpoint: a --qat one brings its int8 ranges, a float one is calibrated "
+                         "on the crops (default: the shipped float weights)")
+    ap.add_argument("--data", required=True, help="folder of training images; the held-out split is used")
+    ap.add_argument("--val-split", type=int, default=24,
+                    help="held-out images, the same rule as core/train.py --val-split (default 24)")
+    ap.add_argument("--crops", type=int, default=8, help="held-out images to use (default 8)")
+    ap.add_argument("--crop-size", type=int, default=96, help="HR centre crop per image, pixels (default 96)")
+    ap.add_argument("--top", type=int, default=15, help="tensors listed one by one (default 15)")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+    ap.add_argument("--out", type=Path, default=None, help="write the report here (Markdown) as well")
+    return ap.parse_args(argv)
+
+
+def held_out_crops(args):
+    """LR crops (N, 3, h, w) in [0, 1] from the held-out split of --data."""
+    import torch
+
+    from ..core.holdout import holdout_pairs, split_holdout
+
+    if not Path(args.data).is_dir():
+        raise EvalError(f"{args.data}: not a folder of training images")
+    try:
+        _, held = split_holdout(args.data, args.val_split)
+    except ValueError as exc:
+        raise EvalError(str(exc)) from None
+    if args.crops < 1 or args.crop_size < 8 * args.scale:
+        raise EvalError(f"--crops must be >= 1 and --crop-size >= {8 * args.scale} at x{args.scale}")
+    pairs = [p for p in holdout_pairs(held, args.scale, args.crop_size)
+             if p.hr.shape[:2] == (args.crop_size // args.scale * args.scale,) * 2][: args.crops]
+    if not pairs:
+        raise EvalError(f"no held-out image of {args.data} has a {args.crop_size}px crop")
+    return torch.from_numpy(np.stack([p.lr.transpose(2, 0, 1) for p in pairs]).astype(np.float32) / 255.0)
+
+
+def simulation(args, crops):
+    """(int8 simulation with ranges, where the ranges came from)."""
+    from ..core import qat
+    from ..core.checkpoint import load_checkpoint, resolve_weights
+
+    model, blob = load_checkpoint(resolve_weights(args.weights, args.variant, args.scale), args.variant, args.scale)
+    sim = qat.prepare(model)
+    saved = blob.get("meta", {}).get("qat", {}).get("ranges")
+    if saved:
+        qat.load_ranges(sim, saved)
+        source = f"learned ({blob['meta']['qat'].get('iterations')} QAT iterations)"
+    else:
+        qat.load_ranges(sim, {n: list(r) for n, r in qat.recorded_ranges(sim, crops).items()})
+        source = "calibrated on the crops (min/max)"
+    return sim.eval(), source
+
+
+def tensor_roles(sim) -> dict[str, str]:
+    """Simulated tensor name -> the part of the network it belongs to, in graph order."""
+    from ..core import qat
+
+    roles, part = {}, "head"
+    for name, m in sim.named_modules():
+        if not isinstance(m, (qat.ActQuant, qat.TiedQuant, qat.SigmoidQuant)):
+            continue
+        if isinstance(m, qat.ImageQuant):
+            roles[name] = "output image"
+            continue
+        if re.fullmatch(r"aq_\d+_x", name):
+            roles[name] = "input image"
+            continue
+        body = re.search(r"body_(\d+)_", name)
+        if body:
+            part = f"DRAG {body.group(1)}"
+        elif name.endswith("_tail"):
+            part = "tail conv"
+        elif "upsampler" in name:
+            part = "upsampler conv"
+        elif part == "tail conv":
+            part = "global skip sum (tail + head)"
+        roles[name] = "head conv (its features also ride the global skip)" if name.endswith("_head") else part
+    return roles
+
+
+def budget(sim, crops):
+    """(error of everything rounded, error with weights only, [(error, name, range)] one tensor at a time)."""
+    import torch
+
+    from ..core import qat
+
+    parts = [(n, m) for n, m in sim.named_modules()
+             if isinstance(m, (qat.ActQuant, qat.TiedQuant, qat.SigmoidQuant, qat.QuantConv))]
+
+    def error(rounded) -> float:
+        for n, m in parts:
+            m.mode = "quantize" if rounded(n, m) else "off"
+        with torch.no_grad():
+            return float(((sim(crops) - reference) ** 2).mean()) * 255.0**2
+
+    for _, m in parts:
+        m.mode = "off"
+    with torch.no_grad():
+        reference = sim(crops)
+    everything = error(lambda n, m: True)
+    weights = error(lambda n, m: isinstance(m, qat.QuantConv))
+    ranges = qat.ranges(sim)
+    alone = [(error(lambda n, m, one=name: n == one), name, ranges.get(name))
+             for name, m in parts if not isinstance(m, qat.QuantConv)]
+    for _, m in parts:
+        m.mode = "quantize"
+    return everything, weights, sorted(alone, reverse=True)
+
+
+def psnr_of(mse: float) -> str:
+    return f"{10 * np.log10(255.0**2 / mse):.2f} dB" if mse > 0 else "exact"
+
+
+def report(args, source, n_crops, everything, weights, alone, roles, prov) -> str:
+    total = sum(e for e, _, _ in alone) or 1.0
+    lines = [f"# int8 error budget: DRSAN-{args.variant} x{args.scale}", "", provenance.markdown(prov),
+             f"Weights: {args.weights or 'shipped float'}; ranges {source}. {n_crops} held-out crops of "
+             f"{args.crop_size} px (HR) from `{provenance.relative(args.data)}` (--val-split {args.val_split}).",
+             "Error: mean squared difference from the same weights in float, in 8-bit levels squared "
+             "(fidelity in dB in brackets).", "",
+             f"- every tensor and weight rounded: {everything:.4f} ({psnr_of(everything)})",
+             f"- weights only: {weights:.4f} ({psnr_of(weights)})",
+             f"- one activation at a time, summed: {total:.4f}", "",
+             "| part of the network | share |", "|---|---|"]
+    by_role: dict[str, float] = {}
+    for e, name, _ in alone:
+        by_role[roles.get(name, "other")] = by_role.get(roles.get(name, "other"), 0.0) + e
+    lines += [f"| {role} | {100 * e / total:.1f}% |" for role, e in sorted(by_role.items(), key=lambda kv: -kv[1])]
+    lines += ["", f"The {args.top} costliest tensors:", "", "| tensor | part | range | error alone | share |",
+              "|---|---|---|---|---|"]
+    for e, name, rng in alone[: args.top]:
+        shown = "fixed grid" if rng is None else f"[{rng[0]:.3f}, {rng[1]:.3f}]"
+        lines.append(f"| {name} | {roles.get(name, 'other')} | {shown} | {e:.4f} | {100 * e / total:.1f}% |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    crops = held_out_crops(args)
+    sim, source = simulation(args, crops)
+    everything, weights, alone = budget(sim, crops)
+    text = report(args, source, len(crops), everything, weights, alone, tensor_roles(sim), provenance.header(argv))
+    print(text, end="")
+    if args.out:
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run(main))

@@ -1,0 +1,48 @@
+"""eval/int8_budget.py: each int8 tensor's share of the simulation's output error."""
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import SHIPPED_X4, run_tool
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    import skimage.data as data
+
+    folder = tmp_path_factory.mktemp("train")
+    for name in ("astronaut", "coffee", "chelsea", "rocket"):
+        Image.fromarray(getattr(data, name)()[..., :3]).save(folder / f"{name}.png")
+    return folder
+
+
+def _shares(text):
+    rows = re.findall(r"^\| ([^|]+) \| ([\d.]+)% \|$", text, flags=re.M)
+    return {role: float(share) for role, share in rows}
+
+
+@pytest.mark.parametrize("weights", [SHIPPED_X4, SHIPPED_X4.with_name("drsan_32s_x4_qat.pt")])
+def test_budget_splits_the_error_among_the_tensors(photos, tmp_path, weights):
+    out = tmp_path / "budget.md"
+    run_tool("eval/int8_budget.py", "--scale", "4", "--weights", weights, "--data", photos, "--val-split", "2",
+             "--crops", "2", "--crop-size", "48", "--top", "40", "--threads", "1", "--out", out)
+    text = out.read_text()
+    assert ("learned" if "qat" in str(weights) else "calibrated on the crops") in text
+    everything, only_weights, summed = (float(v) for v in re.findall(
+        r"- (?:every tensor and weight rounded|weights only|one activation at a time, summed): ([\d.]+)", text))
+    assert everything > only_weights > 0 and summed > 0
+    # the roundings are nearly independent: the singles add up to about the whole
+    assert 0.5 < summed / everything < 2.0
+    shares = _shares(text)
+    assert abs(sum(shares.values()) - 100) < 0.5
+    assert {"head conv (its features also ride the global skip)", "output image", "DRAG 0", "DRAG 3"} <= set(shares)
+    # the output image sits on the 8-bit levels: its range is [0, 1] whatever the weights
+    assert re.search(r"\| output image \| \[0\.000, 1\.000\] \|", text)
+
+
+def test_a_missing_folder_is_one_line_and_exit_2(tmp_path):
+    proc = run_tool("eval/int8_budget.py", "--data", tmp_path / "nope", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "nope" in proc.stderr
+    assert not list(tmp_path.iterdir())
