@@ -1,7 +1,6 @@
 """eval/int8_budget.py: each int8 tensor's share of the simulation's output error."""
 import re
 
-import numpy as np
 import pytest
 from PIL import Image
 
