@@ -98,6 +98,7 @@ def load_qat(path: str, args):
                                      f"metadata); make one with core/train.py --qat")
     about = {"checkpoint": common.shown_path(path), "checkpoint_sha256": sha256(Path(path)),
              "iterations": qat.get("iterations"), "init_from": qat.get("init_from"),
+             **({"init_from_sha256": qat["init_from_sha256"]} if qat.get("init_from_sha256") else {}),
              "validation": blob["meta"].get("validation", {}).get("set")}
     return model, qat["ranges"], about
 

@@ -143,7 +143,7 @@ def _write_tar(path: Path, members: list[tuple[str, bytes]]):
             tar.addfile(info, io.BytesIO(data))
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -206,7 +206,7 @@ def pack(data, out, max_mib: float = 30.0, holdout: int = 0, workers: int = 1) -
         for name, members in groups.items():
             _write_tar(tmp / name, [(_member(encoded[i][0]), encoded[i][1]) for i in members])
             shards.append({"name": name, "images": len(members), "bytes": (tmp / name).stat().st_size,
-                           "sha256": _file_sha256(tmp / name)})
+                           "sha256": file_sha256(tmp / name)})
             images += [encoded[i][0] | {"shard": name} for i in members]
         manifest = {"format": FORMAT, "holdout": len(held), "max_mib": max_mib,
                     "encoder": f"Pillow {Image.__version__}, libwebp {features.version('webp')}",
@@ -291,7 +291,7 @@ def unpack(packs, out, require_all: bool = False, workers: int = 1) -> dict:
         if not path.is_file():
             missing.append(shard["name"])
             continue
-        if path.stat().st_size != shard["bytes"] or _file_sha256(path) != shard["sha256"]:
+        if path.stat().st_size != shard["bytes"] or file_sha256(path) != shard["sha256"]:
             raise DatapackError(f"{path}: SHA-256 differs from the manifest (damaged or from another pack)")
         present.append(shard["name"])
     if missing and (require_all or not present):

@@ -41,6 +41,7 @@ from tqdm import tqdm
 from .datasets import load_pairs
 from .holdout import describe, holdout_pairs, split_holdout
 from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from .datapack import file_sha256
 from .device_sampler import DeviceSampler, image_weights
 from .device_sampler import load_pairs as load_training_pairs
 from .images import list_images
@@ -204,6 +205,9 @@ def init_from(model, path, log):
     taken = {k: v for k, v in src["state_dict"].items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(taken, strict=False)
     log(f"init from {path} (x{src['scale']}): {len(taken)}/{len(own)} tensors copied")
+    # what the weights already went through: a QAT run that continues another counts both
+    return {"path": str(path), "sha256": file_sha256(Path(path)),
+            "qat_iterations": int((src.get("meta", {}).get("qat") or {}).get("iterations") or 0)}
 
 
 def load_teacher(path, args, device, layout, log):
@@ -372,7 +376,7 @@ def train(args, argv=None):
         random.setstate(ts["python_rng"])
         log(f"resumed from {resume} at iteration {state['iteration']}")
     elif args.init_from:
-        init_from(model, args.init_from, log)
+        state["origin"] = init_from(model, args.init_from, log)
     layout = memory_format(args, device)
     model.to(device, memory_format=layout).train()
     net = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
@@ -417,14 +421,17 @@ def train(args, argv=None):
             "data_on_device": on_device, "compile": args.compile,
             "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
             "machine": f"{platform.machine()} {os.cpu_count()} cores", "init_from": args.init_from,
+            "init_from_sha256": state.get("origin", {}).get("sha256"),
             "teacher": args.teacher,
             "command": "python core/train.py " + " ".join(sys.argv[1:]) if argv is None else "main(" + repr(argv) + ")",
         }, "validation": val_info | {"psnr_y": state["best_val"], "convention": "authors"},
             **({"qat": qat_meta()} if args.qat else {})}
 
     def qat_meta():
-        return {"ranges": qat.ranges(scored), "iterations": state["iteration"], "init_from": args.init_from,
-                "teacher": args.teacher,
+        before = state.get("origin", {}).get("qat_iterations", 0)
+        return {"ranges": qat.ranges(scored), "iterations": before + state["iteration"],
+                "iterations_before": before, "init_from": args.init_from,
+                "init_from_sha256": state.get("origin", {}).get("sha256"), "teacher": args.teacher,
                 "ranges_frozen_at": args.qat_freeze if qat.is_frozen(scored) else None,
                 "graph": "int8 TFLite, PReLU spelled sub",
                 "validation": "int8 simulation"}

@@ -5,6 +5,7 @@ import torch
 from PIL import Image
 
 from drsan_kit.core.checkpoint import load_checkpoint, read_checkpoint
+from drsan_kit.core.datapack import file_sha256
 from conftest import straight_and_resumed, train_args
 from drsan_kit.core.train import main as train_main
 
@@ -205,6 +206,12 @@ def test_qat_fine_tuning_resumes_exactly_and_ships_ranges(data, tmp_path, capsys
     assert shipped["meta"]["qat"]["ranges_frozen_at"] == 3
     # the shipped weights are a plain DRSAN that every loader reads
     load_checkpoint(tmp_path / "resumed" / "model.pt", "32s", 2)
+    # a QAT run that continues this one counts both runs' iterations and names what it started from
+    start = tmp_path / "resumed" / "model.pt"
+    train_main(_args(data, tmp_path / "more", 2, init_from=start, qat=True, val_split=1))
+    more = read_checkpoint(tmp_path / "more" / "model.pt")["meta"]
+    assert (more["qat"]["iterations"], more["qat"]["iterations_before"]) == (6, 4)
+    assert more["qat"]["init_from_sha256"] == more["training"]["init_from_sha256"] == file_sha256(start)
 
 
 def test_teacher_replaces_the_hr_target_with_its_output(data, tmp_path):
