@@ -44,6 +44,8 @@ def parse_args(argv=None):
     ap.add_argument("--weights", default=None,
                     help="checkpoint: a --qat one brings its int8 ranges, a float one is calibrated "
                          "on the crops (default: the shipped float weights)")
+    ap.add_argument("--reference", default=None,
+                    help="float checkpoint the dPSNR column compares with (default: the shipped float weights)")
     ap.add_argument("--data", required=True, help="folder of training images; the held-out split is used")
     ap.add_argument("--val-split", type=int, default=24,
                     help="held-out images, the same rule as core/train.py --val-split (default 24)")
@@ -55,8 +57,8 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-def held_out_crops(args):
-    """LR crops (N, 3, h, w) in [0, 1] from the held-out split of --data."""
+def held_out_pairs(args):
+    """Held-out (LR, HR) crops of --data, and the LR crops as one tensor (N, 3, h, w) in [0, 1]."""
     import torch
 
     from ..core.holdout import holdout_pairs, split_holdout
@@ -73,7 +75,7 @@ def held_out_crops(args):
              if p.hr.shape[:2] == (args.crop_size // args.scale * args.scale,) * 2][: args.crops]
     if not pairs:
         raise EvalError(f"no held-out image of {args.data} has a {args.crop_size}px crop")
-    return torch.from_numpy(np.stack([p.lr.transpose(2, 0, 1) for p in pairs]).astype(np.float32) / 255.0)
+    return pairs, torch.from_numpy(np.stack([p.lr.transpose(2, 0, 1) for p in pairs]).astype(np.float32) / 255.0)
 
 
 def simulation(args, crops):
@@ -116,54 +118,95 @@ def tensor_roles(sim) -> dict[str, str]:
             part = "upsampler conv"
         elif part == "tail conv":
             part = "global skip sum (tail + head)"
-        roles[name] = "head conv (its features also ride the global skip)" if name.endswith("_head") else part
+        roles[name] = HEAD if name.endswith("_head") else part
     return roles
 
 
-def budget(sim, crops):
-    """(error of everything rounded, error with weights only, [(error, name, range)] one tensor at a time)."""
+# the tensors between the image and the DRAGs' output on one side and the output image on the
+# other: the head features (which the global skip carries to the end), the skip sum, the convs
+HEAD = "head conv (its features also ride the global skip)"
+DIRECT_ROLES = (HEAD, "global skip sum (tail + head)", "tail conv", "upsampler conv", "output image")
+DIRECT_CONVS = r"q_(head|tail|upsampler_convs_\d+|recon)"
+
+
+def rounded_parts(sim):
+    from ..core import qat
+
+    return [(n, m) for n, m in sim.named_modules()
+            if isinstance(m, (qat.ActQuant, qat.TiedQuant, qat.SigmoidQuant, qat.QuantConv))]
+
+
+def configurations(sim, roles) -> dict[str, object]:
+    """What is rounded in each row of the summary: a predicate on (name, module)."""
+    from ..core import qat
+
+    direct = {n for n, r in roles.items() if r in DIRECT_ROLES}
+    return {
+        "every tensor and weight rounded": lambda n, m: True,
+        "weights only": lambda n, m: isinstance(m, qat.QuantConv),
+        "all but the direct path (head, tail, skip sum, upsampler and output convs, output image) rounded":
+            lambda n, m: n not in direct and not re.fullmatch(DIRECT_CONVS, n),
+    }
+
+
+def budget(sim, reference, pairs, crops, roles):
+    """({row: (error, dPSNR)}, [(error, name, range)] one activation at a time, sorted).
+
+    error: MSE against the same weights in float, in 8-bit levels squared;
+    dPSNR: PSNR(Y) against HR minus that of `reference` (the float model a user compares with).
+    """
     import torch
 
     from ..core import qat
+    from ..core.metrics import psnr_y
 
-    parts = [(n, m) for n, m in sim.named_modules()
-             if isinstance(m, (qat.ActQuant, qat.TiedQuant, qat.SigmoidQuant, qat.QuantConv))]
+    parts = rounded_parts(sim)
+    scale = int(round(pairs[0].hr.shape[0] / pairs[0].lr.shape[0]))
 
-    def error(rounded) -> float:
+    def run(rounded):
         for n, m in parts:
             m.mode = "quantize" if rounded(n, m) else "off"
         with torch.no_grad():
-            return float(((sim(crops) - reference) ** 2).mean()) * 255.0**2
+            return sim(crops)
 
-    for _, m in parts:
-        m.mode = "off"
+    def mean_psnr(out):
+        sr = out.clamp(0, 1).numpy().transpose(0, 2, 3, 1)
+        return float(np.mean([psnr_y(o, p.hr, shave=scale, gray=p.gray) for o, p in zip(sr, pairs)]))
+
     with torch.no_grad():
-        reference = sim(crops)
-    everything = error(lambda n, m: True)
-    weights = error(lambda n, m: isinstance(m, qat.QuantConv))
+        base = mean_psnr(reference(crops))
+    same_float = run(lambda n, m: False)
+
+    def error(out) -> float:
+        return float(((out - same_float) ** 2).mean()) * 255.0**2
+
+    rows = {}
+    for label, rounded in configurations(sim, roles).items():
+        out = run(rounded)
+        rows[label] = (error(out), mean_psnr(out) - base)
     ranges = qat.ranges(sim)
-    alone = [(error(lambda n, m, one=name: n == one), name, ranges.get(name))
+    alone = [(error(run(lambda n, m, one=name: n == one)), name, ranges.get(name))
              for name, m in parts if not isinstance(m, qat.QuantConv)]
     for _, m in parts:
         m.mode = "quantize"
-    return everything, weights, sorted(alone, reverse=True)
+    return rows, sorted(alone, reverse=True)
 
 
 def psnr_of(mse: float) -> str:
     return f"{10 * np.log10(255.0**2 / mse):.2f} dB" if mse > 0 else "exact"
 
 
-def report(args, source, n_crops, everything, weights, alone, roles, prov) -> str:
+def report(args, source, n_crops, rows, alone, roles, prov) -> str:
     total = sum(e for e, _, _ in alone) or 1.0
     lines = [f"# int8 error budget: DRSAN-{args.variant} x{args.scale}", "", provenance.markdown(prov),
              f"Weights: {args.weights or 'shipped float'}; ranges {source}. {n_crops} held-out crops of "
              f"{args.crop_size} px (HR) from `{provenance.relative(args.data)}` (--val-split {args.val_split}).",
-             "Error: mean squared difference from the same weights in float, in 8-bit levels squared "
-             "(fidelity in dB in brackets).", "",
-             f"- every tensor and weight rounded: {everything:.4f} ({psnr_of(everything)})",
-             f"- weights only: {weights:.4f} ({psnr_of(weights)})",
-             f"- one activation at a time, summed: {total:.4f}", "",
-             "| part of the network | share |", "|---|---|"]
+             "Error: mean squared difference from the same weights in float, in 8-bit levels squared. "
+             f"dPSNR: PSNR(Y) against HR on the same crops, minus that of {args.reference or 'the shipped float model'}.",
+             "", "| rounded | error | fidelity | dPSNR |", "|---|---|---|---|"]
+    lines += [f"| {label} | {e:.4f} | {psnr_of(e)} | {d:+.3f} dB |" for label, (e, d) in rows.items()]
+    lines += ["", f"One activation at a time (everything else in float), summed: {total:.4f}. Shares of that sum:",
+              "", "| part of the network | share |", "|---|---|"]
     by_role: dict[str, float] = {}
     for e, name, _ in alone:
         by_role[roles.get(name, "other")] = by_role.get(roles.get(name, "other"), 0.0) + e
@@ -176,16 +219,24 @@ def report(args, source, n_crops, everything, weights, alone, roles, prov) -> st
     return "\n".join(lines) + "\n"
 
 
+def reference_model(args):
+    from ..core.checkpoint import load_checkpoint, resolve_weights
+
+    model, _ = load_checkpoint(resolve_weights(args.reference, args.variant, args.scale), args.variant, args.scale)
+    return model.eval()
+
+
 def main(argv=None):
     args = parse_args(argv)
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    crops = held_out_crops(args)
+    pairs, crops = held_out_pairs(args)
     sim, source = simulation(args, crops)
-    everything, weights, alone = budget(sim, crops)
-    text = report(args, source, len(crops), everything, weights, alone, tensor_roles(sim), provenance.header(argv))
+    roles = tensor_roles(sim)
+    rows, alone = budget(sim, reference_model(args), pairs, crops, roles)
+    text = report(args, source, len(pairs), rows, alone, roles, provenance.header(argv))
     print(text, end="")
     if args.out:
         with atomic_path(args.out) as tmp:

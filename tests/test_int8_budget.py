@@ -29,9 +29,12 @@ def test_budget_splits_the_error_among_the_tensors(photos, tmp_path, weights):
              "--crops", "2", "--crop-size", "48", "--top", "40", "--threads", "1", "--out", out)
     text = out.read_text()
     assert ("learned" if "qat" in str(weights) else "calibrated on the crops") in text
-    everything, only_weights, summed = (float(v) for v in re.findall(
-        r"- (?:every tensor and weight rounded|weights only|one activation at a time, summed): ([\d.]+)", text))
-    assert everything > only_weights > 0 and summed > 0
+    rows = dict(re.findall(r"^\| ([^|]+) \| ([\d.]+) \| [\d.]+ dB \| [-+][\d.]+ dB \|$", text, flags=re.M))
+    everything = float(rows["every tensor and weight rounded"])
+    only_weights = float(rows["weights only"])
+    direct_in_float = float(next(v for k, v in rows.items() if k.startswith("all but the direct path")))
+    summed = float(re.search(r"summed: (\d+\.\d+)", text).group(1))
+    assert everything > direct_in_float > 0 and everything > only_weights > 0
     # the roundings are nearly independent: the singles add up to about the whole
     assert 0.5 < summed / everything < 2.0
     shares = _shares(text)
