@@ -73,6 +73,13 @@ def float_ranges(model: bytes, crops: np.ndarray, tensors) -> dict[int, tuple[fl
     return out
 
 
+def output_tensors(model: bytes) -> list[int]:
+    """The main graph's output tensor indices."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    return [int(i) for i in flatbuffer_utils.read_model_from_bytearray(model).subgraphs[0].outputs]
+
+
 def pair_tensors(tflite: dict[int, tuple[float, float]], torch: dict[str, tuple[float, float]]) -> dict[int, str]:
     """TFLite tensor index -> simulated tensor name, where their float ranges agree."""
     names = list(torch)
@@ -100,19 +107,26 @@ def with_ranges(model: bytes, ranges: dict[int, tuple[float, float]]) -> bytes:
 
 
 def qat_quantize(converter, crops: np.ndarray, sim_ranges, learned: dict[str, list[float]],
-                 io_int8: bool) -> tuple[bytes, dict]:
+                 io_int8: bool, output_range: tuple[float, float]) -> tuple[bytes, dict]:
     """Quantize with the learned ranges.
 
     converter: a TFLiteConverter set up for int8 (its representative dataset only gives
     tensors without a learned range, such as slices, a fallback range);
     crops: NHWC float crops; sim_ranges: the simulated tensors' float (min, max) on them;
-    learned: the ranges fine-tuning tracked, by simulated tensor name.
+    learned: the ranges fine-tuning tracked, by simulated tensor name;
+    output_range: the output image's range, the one the simulation rounds it on. The
+    output (min(., 1)) is no simulated tensor of its own, and on crops with black and
+    white pixels its float range, [0, 1], would pair it with the input image's.
     Returns the int8 model and a summary of how many tensors took a learned range.
     """
     calibrated = calibrate_only(converter)
     recorded = recorded_ranges(calibrated)
-    pairs = pair_tensors(float_ranges(calibrated, crops, list(recorded)), sim_ranges)
-    model = quantize_calibrated(with_ranges(calibrated, {i: tuple(learned[n]) for i, n in pairs.items()}), io_int8)
-    summary = {"tensors_with_learned_range": len(pairs), "tensors_calibrated": len(recorded) - len(pairs),
+    fixed = {i: tuple(output_range) for i in output_tensors(calibrated) if i in recorded}
+    pairs = {i: n for i, n in pair_tensors(float_ranges(calibrated, crops, list(recorded)), sim_ranges).items()
+             if i not in fixed}
+    model = quantize_calibrated(with_ranges(calibrated, {i: tuple(learned[n]) for i, n in pairs.items()} | fixed),
+                                io_int8)
+    summary = {"tensors_with_learned_range": len(pairs), "tensors_with_image_range": len(fixed),
+               "tensors_calibrated": len(recorded) - len(pairs) - len(fixed),
                "simulated_tensors_used": len(set(pairs.values())), "simulated_tensors": len(sim_ranges)}
     return model, summary

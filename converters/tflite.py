@@ -118,4 +118,4 @@ def convert_qat(saved_model: Path, model, ranges: dict, mode: str, crops: np.nda
     learned = qat.ranges(sim)   # the checkpoint's, with the image output's fixed range
     with quiet(not verbose):
         return qat_ranges.qat_quantize(make_converter(saved_model, "int8", crops), crops, float_sim, learned,
-                                       io_int8=mode == "int8_io")
+                                       io_int8=mode == "int8_io", output_range=qat.IMAGE_RANGE)

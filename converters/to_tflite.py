@@ -143,6 +143,7 @@ def main(argv=None):
                   f"{len(blob_bytes) / 1e6:.2f} MB")
             if qat_summary:
                 print(f"    {qat_summary['tensors_with_learned_range']} tensors took a learned range, "
+                      f"{qat_summary['tensors_with_image_range']} the output image's [0, 1], "
                       f"{qat_summary['tensors_calibrated']} kept the calibrated one (slices, sigmoid outputs)")
             with common.quiet(not args.verbose):   # the interpreter's "Created ... XNNPACK delegate" line
                 backend = open_backend("tflite", staged, threads=args.threads)

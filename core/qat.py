@@ -100,10 +100,10 @@ class ActQuant(nn.Module):
 
 
 class ImageQuant(ActQuant):
-    """The output image, on the fixed range [0, 1]: scale 1/255 and zero point -128, so the
-    int8 grid is exactly the 8-bit image's levels k/255. Its rounding is then the one every
-    8-bit output goes through anyway, and values above 1 saturate as min(., 1) clamps them.
-    A tracked range (about [0, 1.1]) puts a second, misaligned grid before that rounding."""
+    """The output image, on the fixed range [0, 1]: scale 1/255 and zero point -128, the
+    8-bit image's levels k/255. The int8 artifact stores it so (min(., 1) keeps one scale
+    for its input and output, and the converter gives it the output's [0, 1]); a tracked
+    range (about [0, 1.1]) would simulate a grid the artifact never uses."""
 
     def __init__(self):
         super().__init__()

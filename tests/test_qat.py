@@ -132,6 +132,19 @@ def test_qat_artifact_carries_the_learned_ranges(qat_checkpoint, tflite_artifact
     found = [np.isclose(scales, s, rtol=1e-5).any() for s in expected]
     assert np.mean(found) > 0.9
 
+    # the output image is on the 8-bit levels, as the simulation rounds it (qat.ImageQuant), whatever
+    # the float ranges of the crops: min(., 1) and its input share the scale 1/255
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    flat = flatbuffer_utils.read_model(str(out / entry["file"]))
+    graph, codes = flat.subgraphs[0], [max(c.builtinCode, c.deprecatedBuiltinCode) for c in flat.operatorCodes]
+    minimum = [op for op in graph.operators if codes[op.opcodeIndex] == schema.BuiltinOperator.MINIMUM]
+    assert len(minimum) == 1 and entry["qat"]["ranges"]["tensors_with_image_range"] == 1
+    for idx in (minimum[0].inputs[0], minimum[0].outputs[0]):
+        q = graph.tensors[idx].quantization
+        assert np.isclose(q.scale[0], 1 / 255, rtol=1e-4) and q.zeroPoint[0] == -128
+
     # the artifact follows its simulation: closer than the post-training artifact does
     model, _ = load_checkpoint(qat_checkpoint)
     sim = qat.prepare(model)
