@@ -5,8 +5,6 @@ The exported graph differs from the training model in two ways, both exact:
   reshape/transpose): the upsampler convs' output channels are permuted so that
   the result equals PyTorch's CRD pixel_shuffle;
 - the output is clamped to [0, 1] inside the graph.
-The integer graphs also spell PReLU from depthwise convs and give every
-concatenation input a requantizing unit depthwise conv (both exact in float).
 """
 from __future__ import annotations
 
@@ -89,36 +87,12 @@ def _decompose_prelu(module: torch.nn.Module, form: str):
             _decompose_prelu(child, form)
 
 
-class RequantizedConcat(torch.nn.Module):
-    """Concatenation whose every input passes a unit depthwise 1x1 conv first: the same values.
-
-    int8 CONCATENATION stores all its inputs on its output's grid, and the TFLite quantizer
-    gives that grid to the tensors that feed it. Without this op the head features, which
-    also feed DRAG 0's blocks, its DRA sums and the global skip, would be rounded on the
-    concatenation's wider range everywhere (they were the costliest int8 tensor). With it,
-    each input keeps its own range for its other uses and is requantized, exactly, for the
-    concatenation alone (the unit weights are exact in int8). XNNPACK runs it in int8.
-    """
-
-    def forward(self, feats):
-        return torch.cat([F.conv2d(f, f.new_ones(f.shape[1], 1, 1, 1), groups=f.shape[1]) for f in feats], dim=1)
-
-
-def _requantize_concatenations(model: DRSAN):
-    for drag in model.body:
-        drag.concat = RequantizedConcat()
-
-
 def deploy_model(model: DRSAN, decompose_prelu: bool = False, prelu_form: str = "sub") -> DRSAN:
-    """The graph that converters export: DCR upsampler, output clamped to [0, 1], eval mode, on the CPU.
-
-    decompose_prelu (the integer modes): PReLU from depthwise convs, and concatenation inputs
-    requantized (RequantizedConcat), the graph core/qat.py simulates."""
+    """The graph that converters export: DCR upsampler, output clamped to [0, 1], eval mode, on the CPU."""
     m = to_dcr(model).cpu().eval()
     m.clamp = True
     if decompose_prelu:
         _decompose_prelu(m, prelu_form)
-        _requantize_concatenations(m)
     return m
 
 
