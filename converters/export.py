@@ -5,6 +5,8 @@ The exported graph differs from the training model in two ways, both exact:
   reshape/transpose): the upsampler convs' output channels are permuted so that
   the result equals PyTorch's CRD pixel_shuffle;
 - the output is clamped to [0, 1] inside the graph.
+The integer graphs also spell PReLU from depthwise convs and give every
+concatenation input a requantizing identity 1x1 conv (both exact in float).
 """
 from __future__ import annotations
 
@@ -87,12 +89,43 @@ def _decompose_prelu(module: torch.nn.Module, form: str):
             _decompose_prelu(child, form)
 
 
+class RequantizedConcat(torch.nn.Module):
+    """Concatenation whose every input passes an identity 1x1 conv first: the same values.
+
+    int8 CONCATENATION stores all its inputs on its output's grid, and the TFLite quantizer
+    gives that grid to the tensors that feed it. Without this op the head features, which
+    also feed DRAG 0's blocks, its DRA sums and the global skip, would be rounded on the
+    concatenation's wider range everywhere (they were the costliest int8 tensor). With it,
+    each input keeps its own range for its other uses and is requantized, exactly, for the
+    concatenation alone (identity weights are exact in per-channel int8).
+
+    A full 1x1 conv rather than the cheaper unit depthwise conv: the TFLite converter merges
+    a unit depthwise conv with the identical one that spells relu(x) in the next block's
+    PReLU (DecomposedPReLU), which un-fuses that ReLU into a standalone int8 RELU with no
+    XNNPACK kernel; measured, that made the int8 model slower than fp32. The identity conv
+    costs C*C multiply-adds per pixel (about 5% of DRSAN-32s's) and XNNPACK runs it in int8.
+    """
+
+    def forward(self, feats):
+        return torch.cat([F.conv2d(f, torch.eye(f.shape[1], dtype=f.dtype, device=f.device)[:, :, None, None])
+                          for f in feats], dim=1)
+
+
+def _requantize_concatenations(model: DRSAN):
+    for drag in model.body:
+        drag.concat = RequantizedConcat()
+
+
 def deploy_model(model: DRSAN, decompose_prelu: bool = False, prelu_form: str = "sub") -> DRSAN:
-    """The graph that converters export: DCR upsampler, output clamped to [0, 1], eval mode, on the CPU."""
+    """The graph that converters export: DCR upsampler, output clamped to [0, 1], eval mode, on the CPU.
+
+    decompose_prelu (the integer modes): PReLU from depthwise convs, and concatenation inputs
+    requantized (RequantizedConcat), the graph core/qat.py simulates."""
     m = to_dcr(model).cpu().eval()
     m.clamp = True
     if decompose_prelu:
         _decompose_prelu(m, prelu_form)
+        _requantize_concatenations(m)
     return m
 
 

@@ -114,7 +114,10 @@ def convert_qat(saved_model: Path, model, ranges: dict, mode: str, crops: np.nda
         qat.load_ranges(sim, ranges)
     except ValueError as exc:
         raise common.ConversionError(str(exc)) from None
-    float_sim = qat.recorded_ranges(sim, torch.from_numpy(crops.transpose(0, 3, 1, 2).copy()))
+    recorded = qat.recorded_ranges(sim, torch.from_numpy(crops.transpose(0, 3, 1, 2).copy()))
+    # A requantized concatenation input has its source's float values: pair by the source's own
+    # range (the quantizer gives the requantizing op the concatenation's grid in any case).
+    float_sim = {name: r for name, r in recorded.items() if name in qat.act_quants(sim)}
     learned = qat.ranges(sim)   # the checkpoint's, with the image output's fixed range
     with quiet(not verbose):
         return qat_ranges.qat_quantize(make_converter(saved_model, "int8", crops), crops, float_sim, learned,

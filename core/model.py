@@ -33,6 +33,15 @@ class ResidualBlock(nn.Module):
         return self.conv2(self.act2(self.conv1(self.act1(x))))
 
 
+class Concat(nn.Module):
+    """Channel concatenation, a module of its own so that an export can replace it (the int8
+    export puts each input on the concatenation's grid through a requantizing op, see
+    converters/export.py) without touching DRAG's forward."""
+
+    def forward(self, feats):
+        return torch.cat(feats, dim=1)
+
+
 class DRAG(nn.Module):
     """Dynamic residual attention group: N blocks whose skips are weighted by r."""
 
@@ -44,6 +53,7 @@ class DRAG(nn.Module):
         self.drm_act = _prelu(16)
         self.drm_conv2 = nn.Conv2d(16, self.n_coeffs, 1)
         self.blocks = nn.ModuleList(ResidualBlock(c) for _ in range(n_blocks))
+        self.concat = Concat()
         self.fuse = nn.Conv2d(c * (n_blocks + 1), c, 1)
 
     def drm_features(self, x):
@@ -67,7 +77,7 @@ class DRAG(nn.Module):
                 acc = acc + r[:, k : k + 1] * feats[j]
                 k += 1
             feats.append(acc * torch.sigmoid(y))
-        return self.fuse(torch.cat(feats, dim=1))
+        return self.fuse(self.concat(feats))
 
 
 def _dcr_eager(x, s: int):

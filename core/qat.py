@@ -10,6 +10,8 @@ the int8 TFLite artifact computes (converters/to_tflite.py, PReLU spelled "sub")
   each PReLU's parts (relu(x), x - relu(x), slope * that, their sum), the DRA products
   and sums, the global-average-pooled coefficients, the concatenation, the global
   residual sum; the sigmoid gate has TFLite's fixed range [0, 1) in steps of 1/256;
+- each concatenation input is requantized to the concatenation's range on its way in
+  (the export's identity 1x1 conv), and keeps its own range for its other uses;
 - the output image has the fixed range [0, 1], whose int8 grid is the 8-bit levels k/255;
 - reshapes, slices, depth-to-space and the output's min(., 1) keep their input's
   range, as they do in TFLite.
@@ -117,8 +119,8 @@ class ImageQuant(ActQuant):
 
 
 class TiedQuant(nn.Module):
-    """A tensor that must share another's int8 range: TFLite's CONCATENATION stores every
-    input on its output's grid, so each input of a concatenation is rounded to that range.
+    """A requantization to another tensor's int8 range: TFLite's CONCATENATION stores every
+    input on its output's grid, so each input is rounded again to that range on its way in.
     Until the owner has seen data (the first batch) the tensor passes through in float."""
 
     def __init__(self, owner: ActQuant):
@@ -257,14 +259,23 @@ def prepare(model) -> torch.fx.GraphModule:
 
 
 def _tie_concatenation_inputs(gm: torch.fx.GraphModule):
+    """Each concatenation input, on its way into the concatenation only, is requantized to the
+    concatenation's range (the export's identity 1x1 conv, converters/export.py); its other
+    uses keep the tensor's own range."""
     modules = dict(gm.named_modules())
-    for node in gm.graph.nodes:
+    for node in list(gm.graph.nodes):
         if not (node.op == "call_function" and node.target is torch.cat):
             continue
-        owner = modules[next(iter(node.users)).target]
-        for src in node.args[0]:
+        owner_name = next(iter(node.users)).target
+        inputs = []
+        for j, src in enumerate(node.args[0]):
             if src.op == "call_module" and isinstance(modules[src.target], ActQuant):
-                gm.add_submodule(src.target, TiedQuant(owner))
+                name = f"{owner_name}_in{j}"
+                gm.add_submodule(name, TiedQuant(modules[owner_name]))
+                with gm.graph.inserting_before(node):
+                    src = gm.graph.call_module(name, (src,))
+            inputs.append(src)
+        node.args = (inputs,) + tuple(node.args[1:])
 
 
 def act_quants(gm: nn.Module) -> dict[str, ActQuant]:
@@ -292,7 +303,7 @@ def is_frozen(gm: nn.Module) -> bool:
 
 def ranges(gm: nn.Module) -> dict[str, list[float]]:
     """Every tracked range, by the tensor's name in the simulation: what checkpoints carry.
-    A concatenation's inputs carry the concatenation's range."""
+    The requantized concatenation inputs (`<concatenation>_in<j>`) carry the concatenation's range."""
     out = {}
     for name, m in gm.named_modules():
         owner = m.owner if isinstance(m, TiedQuant) else m if isinstance(m, ActQuant) else None

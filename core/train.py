@@ -433,7 +433,7 @@ def train(args, argv=None):
                 "iterations_before": before, "init_from": args.init_from,
                 "init_from_sha256": state.get("origin", {}).get("sha256"), "teacher": args.teacher,
                 "ranges_frozen_at": args.qat_freeze if qat.is_frozen(scored) else None,
-                "graph": "int8 TFLite, PReLU spelled sub",
+                "graph": "int8 TFLite, PReLU spelled sub, concatenation inputs requantized",
                 "validation": "int8 simulation"}
 
     def save_all():

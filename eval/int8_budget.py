@@ -100,8 +100,13 @@ def tensor_roles(sim) -> dict[str, str]:
     from ..core import qat
 
     roles, part = {}, "head"
+    names = {id(m): n for n, m in sim.named_modules()}
+    requantized = {}
     for name, m in sim.named_modules():
-        if not isinstance(m, (qat.ActQuant, qat.TiedQuant, qat.SigmoidQuant)):
+        if isinstance(m, qat.TiedQuant):   # a concatenation input: the concatenation's part
+            requantized[name] = names[id(m.owner)]
+            continue
+        if not isinstance(m, (qat.ActQuant, qat.SigmoidQuant)):
             continue
         if isinstance(m, qat.ImageQuant):
             roles[name] = "output image"
@@ -119,7 +124,7 @@ def tensor_roles(sim) -> dict[str, str]:
         elif part == "tail conv":
             part = "global skip sum (tail + head)"
         roles[name] = HEAD if name.endswith("_head") else part
-    return roles
+    return roles | {name: roles[owner] for name, owner in requantized.items()}
 
 
 # the tensors between the image and the DRAGs' output on one side and the output image on the

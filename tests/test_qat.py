@@ -46,7 +46,7 @@ def test_simulation_shares_the_models_parameters_and_is_float_when_off(x4):
     assert {id(p) for p in sim.parameters()} == {id(p) for p in x4.parameters()}
 
 
-def test_concatenation_inputs_take_the_concatenations_range(x4):
+def test_concatenation_inputs_are_requantized_to_its_range_and_keep_their_own(x4):
     sim = qat.prepare(x4)
     sim.train()
     with torch.no_grad():
@@ -57,6 +57,14 @@ def test_concatenation_inputs_take_the_concatenations_range(x4):
     got = qat.ranges(sim)
     for name, m in tied.items():
         assert got[name] == [float(m.owner.lo), float(m.owner.hi)]
+    # the head features feed DRAG 0's concatenation through a requantization, and keep their own
+    # (narrower) range for the blocks, the DRA sums and the global skip
+    head = next(n for n in got if n.endswith("_head"))
+    cat0 = tied[next(n for n in tied if n.endswith("_in0"))].owner
+    assert isinstance(dict(sim.named_modules())[head], qat.ActQuant)
+    assert got[head][1] - got[head][0] < float(cat0.hi - cat0.lo)
+    # an old checkpoint's ranges (a requantized input stored under its source's name) still load
+    qat.load_ranges(sim, {n: r for n, r in got.items() if n not in tied})
 
 
 def test_frozen_ranges_stop_moving(x4):
@@ -144,6 +152,24 @@ def test_qat_artifact_carries_the_learned_ranges(qat_checkpoint, tflite_artifact
     for idx in (minimum[0].inputs[0], minimum[0].outputs[0]):
         q = graph.tensors[idx].quantization
         assert np.isclose(q.scale[0], 1 / 255, rtol=1e-4) and q.zeroPoint[0] == -128
+
+    # every concatenation input comes from a requantizing identity 1x1 conv on the concatenation's
+    # grid, so the head conv keeps its own, finer, learned scale; no ReLU was un-fused on the way
+    # (a standalone int8 RELU or PRELU has no XNNPACK kernel)
+    assert not {schema.BuiltinOperator.RELU, schema.BuiltinOperator.PRELU} & {codes[op.opcodeIndex] for op in graph.operators}
+    made_by = {o: op for op in graph.operators for o in op.outputs}
+    concats = [op for op in graph.operators if codes[op.opcodeIndex] == schema.BuiltinOperator.CONCATENATION]
+    assert len(concats) == 4
+    for op in concats:
+        out_scale = graph.tensors[op.outputs[0]].quantization.scale[0]
+        for i in op.inputs:
+            assert codes[made_by[i].opcodeIndex] == schema.BuiltinOperator.CONV_2D
+            assert np.isclose(graph.tensors[i].quantization.scale[0], out_scale, rtol=1e-6)
+    head_conv = graph.operators[[codes[op.opcodeIndex] for op in graph.operators].index(schema.BuiltinOperator.CONV_2D)]
+    head_scale = graph.tensors[head_conv.outputs[0]].quantization.scale[0]
+    head_range = next(r for n, r in learned.items() if n.endswith("_head"))
+    assert np.isclose(head_scale, qat.qparams(*head_range)[0], rtol=1e-5)
+    assert head_scale < graph.tensors[concats[0].outputs[0]].quantization.scale[0]
 
     # the artifact follows its simulation: closer than the post-training artifact does
     model, _ = load_checkpoint(qat_checkpoint)
