@@ -154,7 +154,7 @@ def configurations(sim, roles) -> dict[str, object]:
     }
 
 
-def budget(sim, reference, pairs, crops, roles):
+def budget(sim, reference, pairs, crops, roles, scale: int):
     """({row: (error, dPSNR)}, [(error, name, range)] one activation at a time, sorted).
 
     error: MSE against the same weights in float, in 8-bit levels squared;
@@ -166,7 +166,6 @@ def budget(sim, reference, pairs, crops, roles):
     from ..core.metrics import psnr_y
 
     parts = rounded_parts(sim)
-    scale = int(round(pairs[0].hr.shape[0] / pairs[0].lr.shape[0]))
 
     def run(rounded):
         for n, m in parts:
@@ -240,7 +239,7 @@ def main(argv=None):
     pairs, crops = held_out_pairs(args)
     sim, source = simulation(args, crops)
     roles = tensor_roles(sim)
-    rows, alone = budget(sim, reference_model(args), pairs, crops, roles)
+    rows, alone = budget(sim, reference_model(args), pairs, crops, roles, args.scale)
     text = report(args, source, len(pairs), rows, alone, roles, provenance.header(argv))
     print(text, end="")
     if args.out:
