@@ -36,10 +36,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from . import common
 from .export import PRELU_FORMS
 from .tflite import build_saved_model, convert_mode, convert_qat, load_qat
+from ..core.equalize import equalize_direct_path
 from ..edge_runtime.backends import open_backend
 from ..edge_runtime.contract import PRECISIONS, PTQ, QAT, TFLITE_MODES
 
@@ -111,16 +113,29 @@ def main(argv=None):
         def uses_qat(mode: str) -> bool:
             return args.qat is not None and QAT in PRECISIONS[mode].quantization
 
+        def equalized(mode: str) -> bool:
+            # int8 activations only: int16's levels leave the direct path nothing to gain
+            return not uses_qat(mode) and PRECISIONS[mode].activations == "int8"
+
+        def graph_model(key: str):
+            if key == "qat":
+                return qat_model   # equalized when it was fine-tuned (core/equalize.py)
+            if key.endswith("+equalized"):
+                eq, factors = equalize_direct_path(model, torch.from_numpy(calib.transpose(0, 3, 1, 2).copy()))
+                print(f"  direct path equalized on the calibration crops: skip factors {factors['skip']}")
+                return eq
+            return model
+
         def saved_model_for(mode: str) -> Path:
             # Integer modes get PReLU spelled with relu/depthwise-conv/add (see DecomposedPReLU):
             # int16x8 has no PRELU kernel, and int8 PRELU has no XNNPACK kernel.
-            key = "qat" if uses_qat(mode) else PRECISIONS[mode].prelu
+            key = "qat" if uses_qat(mode) else PRECISIONS[mode].prelu + ("+equalized" if equalized(mode) else "")
             if key not in graphs:
                 t0 = time.time()
                 sample = common.random_crops(common.sample_images()[0], args.tile, 4, seed=3)
-                graphs[key] = build_saved_model(qat_model if key == "qat" else model, args.tile, tmp / key,
+                graphs[key] = build_saved_model(graph_model(key), args.tile, tmp / key,
                                                 key != "native", sample, args.verbose, args.prelu)
-                print(f"  onnx2tf ({key} PReLU): SavedModel in {time.time() - t0:.0f} s")
+                print(f"  onnx2tf ({key.replace('+', ', ')} graph): SavedModel in {time.time() - t0:.0f} s")
             return graphs[key]
 
         for mode in args.quant:
@@ -158,6 +173,8 @@ def main(argv=None):
                 quantization=(QAT if qat_summary else PTQ) if spec.integer else None,
                 **({"qat": qat_about | {"ranges": qat_summary}} if qat_summary else {}),
                 prelu=args.prelu if spec.integer else "native",
+                **({"direct_path_equalized": (qat_model.skip_head is not None) if qat_summary else equalized(mode)}
+                   if spec.integer else {}),
                 converter="onnx2tf (TensorFlow SavedModel) + tf.lite.TFLiteConverter",
                 tools=common.tool_versions("torch", "onnx", "onnx2tf", "tensorflow", "ai-edge-litert")))
             # Described as soon as it lands: a later mode's failure leaves a consistent folder.

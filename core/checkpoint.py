@@ -39,6 +39,7 @@ def save_checkpoint(path, model: DRSAN, meta: dict | None = None, train_state: d
         "variant": model.variant.name,
         "scale": model.scale,
         "upsample_order": model.upsample_order,
+        "skip_head": model.skip_head is not None,
         # contiguous: a model trained channels_last still saves the plain layout every loader expects
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
         "meta": meta or {},
@@ -76,7 +77,8 @@ def load_checkpoint(path, variant: str | None = None, scale: int | None = None, 
         raise CheckpointError(f"{path}: checkpoint is x{blob['scale']}, but scale x{scale} was asked for")
     get_variant(blob["variant"])
     check_scale(blob["scale"])
-    model = build_model(blob["variant"], blob["scale"], upsample_order=blob["upsample_order"], **model_kwargs)
+    model = build_model(blob["variant"], blob["scale"], upsample_order=blob["upsample_order"],
+                        skip_head=bool(blob.get("skip_head", False)), **model_kwargs)
     model.load_state_dict(blob["state_dict"], strict=True)
     return model.eval(), blob
 

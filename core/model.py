@@ -124,7 +124,8 @@ class Upsampler(nn.Module):
 
 
 class DRSAN(nn.Module):
-    def __init__(self, variant: Variant, scale: int, upsample_order: str = "crd", clamp: bool = False):
+    def __init__(self, variant: Variant, scale: int, upsample_order: str = "crd", clamp: bool = False,
+                 skip_head: bool = False):
         super().__init__()
         if upsample_order not in ("crd", "dcr"):
             raise ValueError(f"upsample_order must be 'crd' or 'dcr', not {upsample_order!r}")
@@ -135,6 +136,10 @@ class DRSAN(nn.Module):
         self.tail = nn.Conv2d(c, c, 3, padding=1)
         self.upsampler = Upsampler(c, scale, upsample_order)
         self.recon = nn.Conv2d(c, 3, 3, padding=1)
+        # A second head conv for the global skip only (None: the skip carries the head's own
+        # features). int8 builds use it to rescale the skip path's channels, which DRAG 0's
+        # sigmoid gate does not allow on the head's features (core/equalize.py).
+        self.skip_head = nn.Conv2d(3, c, 3, padding=1) if skip_head else None
 
     @property
     def upsample_order(self) -> str:
@@ -146,7 +151,8 @@ class DRSAN(nn.Module):
         f = x0
         for i, drag in enumerate(self.body):
             f = drag(f, None if coeffs is None else coeffs[i])
-        out = self.recon(self.upsampler(self.tail(f) + x0))
+        skip = x0 if self.skip_head is None else self.skip_head(x)
+        out = self.recon(self.upsampler(self.tail(f) + skip))
         if not self.clamp:
             return out
         # relu first, then min: converters fuse the relu into the last conv, and int8

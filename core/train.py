@@ -345,7 +345,10 @@ def train(args, argv=None):
 
     torch.manual_seed(args.seed)   # same initial weights for the same --seed
     random.seed(args.seed)
-    model = build_model(args.variant, args.scale)
+    # an equalized checkpoint (core/equalize.py) brings its skip head along
+    source = out / "last.pt" if (out / "last.pt").is_file() else args.init_from
+    model = build_model(args.variant, args.scale,
+                        skip_head=bool(source and read_checkpoint(source).get("skip_head", False)))
     # fused Adam: one kernel per step instead of several per tensor (the model has ~100 small tensors)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8,
                            fused=device.type == "cuda")

@@ -123,15 +123,16 @@ def tensor_roles(sim) -> dict[str, str]:
             part = "upsampler conv"
         elif part == "tail conv":
             part = "global skip sum (tail + head)"
-        roles[name] = HEAD if name.endswith("_head") else part
+        roles[name] = SKIP_HEAD if name.endswith("_skip_head") else HEAD if name.endswith("_head") else part
     return roles | {name: roles[owner] for name, owner in requantized.items()}
 
 
 # the tensors between the image and the DRAGs' output on one side and the output image on the
 # other: the head features (which the global skip carries to the end), the skip sum, the convs
-HEAD = "head conv (its features also ride the global skip)"
-DIRECT_ROLES = (HEAD, "global skip sum (tail + head)", "tail conv", "upsampler conv", "output image")
-DIRECT_CONVS = r"q_(head|tail|upsampler_convs_\d+|recon)"
+HEAD = "head conv (also the global skip's, in a graph without a skip head)"
+SKIP_HEAD = "skip head conv (the global skip's own, equalized, copy of the head)"
+DIRECT_ROLES = (HEAD, SKIP_HEAD, "global skip sum (tail + head)", "tail conv", "upsampler conv", "output image")
+DIRECT_CONVS = r"q_(head|skip_head|tail|upsampler_convs_\d+|recon)"
 
 
 def rounded_parts(sim):
