@@ -150,7 +150,7 @@ def configurations(sim, roles) -> dict[str, object]:
     return {
         "every tensor and weight rounded": lambda n, m: True,
         "weights only": lambda n, m: isinstance(m, qat.QuantConv),
-        "all but the direct path (head, tail, skip sum, upsampler and output convs, output image) rounded":
+        "all but the direct path (head, skip head, tail, skip sum, upsampler and output convs, output image) rounded":
             lambda n, m: n not in direct and not re.fullmatch(DIRECT_CONVS, n),
     }
 

@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 from conftest import SHIPPED_X4, run_tool
+from drsan_kit.eval.int8_budget import HEAD, SKIP_HEAD
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,9 @@ def test_budget_splits_the_error_among_the_tensors(photos, tmp_path, weights):
     assert 0.5 < summed / everything < 2.0
     shares = _shares(text)
     assert abs(sum(shares.values()) - 100) < 0.5
-    assert {"head conv (its features also ride the global skip)", "output image", "DRAG 0", "DRAG 3"} <= set(shares)
+    assert {HEAD, "output image", "DRAG 0", "DRAG 3"} <= set(shares)
+    # the shipped QAT checkpoint is equalized (core/equalize.py): the global skip has its own head conv
+    assert (SKIP_HEAD in shares) == ("qat" in str(weights))
     # the output image sits on the 8-bit levels: its range is [0, 1] whatever the weights
     assert re.search(r"\| output image \| \[0\.000, 1\.000\] \|", text)
 
