@@ -105,6 +105,7 @@ def _scale_in(conv, factor):
     conv.weight.div_(factor.view(1, -1, 1, 1))
 
 
+# the skip head's output, the tail's and their sum: an ADD needs its inputs scaled alike
 SHARED = ("skip", "tail", "sum")
 
 
@@ -117,8 +118,7 @@ def equalize_direct_path(model: DRSAN, images) -> tuple[DRSAN, dict]:
     if model.skip_head is None:
         model.skip_head = copy.deepcopy(model.head)
     ranges = channel_ranges(model, images)
-    # The skip head's output, the tail's and their sum share one factor per channel: the
-    # largest that keeps each of the three inside its own range.
+    # one factor per channel for all three: the largest that keeps each inside its own range
     shared = torch.stack([fill_factors(*ranges[t], *_box(*ranges[t])) for t in SHARED]).amin(0)
     _scale_out(model.skip_head, shared)
     _scale_out(model.tail, shared)
@@ -128,8 +128,8 @@ def equalize_direct_path(model: DRSAN, images) -> tuple[DRSAN, dict]:
     consumers = list(convs[1:]) + [model.recon]
     for k, (conv, s) in enumerate(zip(convs, model.upsampler.factors)):
         lo, hi = _grouped(*ranges[f"up{k}"], s, order)
-        # the range after this conv's input scaling: conv k's input factor changes nothing
-        # here for k = 0 (the float function is the same), so the measured range holds
+        # measured before any rescaling: what an earlier step divides into this conv's input
+        # weights cancels what it multiplied, so this conv's output, and its range, stay
         factor = fill_factors(lo, hi, *_box(lo, hi))
         _scale_out(conv, _expand(factor, s, order))
         _scale_in(consumers[k], factor)
@@ -191,6 +191,8 @@ def equalize_checkpoint(weights, out, data, val_split: int = 24, count: int = 16
     from .checkpoint import load_checkpoint, save_checkpoint
     from .datapack import file_sha256
 
+    if not Path(data).is_dir():
+        raise ValueError(f"{data}: not a folder of training images")
     if Path(out).resolve() == Path(weights).resolve():
         raise ValueError(f"{out}: would overwrite the input checkpoint; give another --out")
     model, blob = load_checkpoint(weights, variant, scale)
