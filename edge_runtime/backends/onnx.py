@@ -18,10 +18,10 @@ class OnnxBackend:
         if threads:
             opts.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(str(path), opts, providers=list(self.providers))
+            self.runtime = ort.InferenceSession(str(path), opts, providers=list(self.providers))
         except Exception as exc:
             raise BackendError(f"{path}: cannot load as an ONNX model ({str(exc).splitlines()[0][:200]})") from None
-        inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
+        inp, out = self.runtime.get_inputs()[0], self.runtime.get_outputs()[0]
         self.input_name = inp.name
         # NCHW, as exported; symbolic dims are strings.
         self.input_hw, self.scale = check_io_shapes(path, inp.shape, out.shape, layout="NCHW", scale=scale)
@@ -30,5 +30,5 @@ class OnnxBackend:
 
     def __call__(self, tile: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(tile.transpose(2, 0, 1)[None], dtype=np.float32)
-        y = self.session.run(None, {self.input_name: x})[0]
+        y = self.runtime.run(None, {self.input_name: x})[0]
         return y[0].transpose(1, 2, 0)
