@@ -126,20 +126,22 @@ def main(argv=None):
                 return eq
             return model
 
-        def saved_model_for(mode: str) -> Path:
+        def graph_for(mode: str):
+            """(SavedModel, the PyTorch model it was exported from), built once per kind of graph."""
             # Integer modes get PReLU spelled with relu/depthwise-conv/add (see DecomposedPReLU):
             # int16x8 has no PRELU kernel, and int8 PRELU has no XNNPACK kernel.
             key = "qat" if uses_qat(mode) else PRECISIONS[mode].prelu + ("+equalized" if equalized(mode) else "")
             if key not in graphs:
                 t0 = time.time()
                 sample = common.random_crops(common.sample_images()[0], args.tile, 4, seed=3)
-                graphs[key] = build_saved_model(graph_model(key), args.tile, tmp / key,
-                                                key != "native", sample, args.verbose, args.prelu)
+                source = graph_model(key)
+                graphs[key] = (build_saved_model(source, args.tile, tmp / key, key != "native", sample,
+                                                 args.verbose, args.prelu), source)
                 print(f"  onnx2tf ({key.replace('+', ', ')} graph): SavedModel in {time.time() - t0:.0f} s")
             return graphs[key]
 
         for mode in args.quant:
-            saved = saved_model_for(mode)
+            saved, source = graph_for(mode)
             mode_calib, mode_calib_desc = calibration_for(mode)
             t0 = time.time()
             qat_summary = None
@@ -173,14 +175,13 @@ def main(argv=None):
                 quantization=(QAT if qat_summary else PTQ) if spec.integer else None,
                 **({"qat": qat_about | {"ranges": qat_summary}} if qat_summary else {}),
                 prelu=args.prelu if spec.integer else "native",
-                **({"direct_path_equalized": (qat_model.skip_head is not None) if qat_summary else equalized(mode)}
-                   if spec.integer else {}),
+                **({"direct_path_equalized": source.skip_head is not None} if spec.integer else {}),
                 converter="onnx2tf (TensorFlow SavedModel) + tf.lite.TFLiteConverter",
                 tools=common.tool_versions("torch", "onnx", "onnx2tf", "tensorflow", "ai-edge-litert")))
             # Described as soon as it lands: a later mode's failure leaves a consistent folder.
             common.write_manifest(out, args, blob, weights, records)
         if args.keep_saved_model:
-            shutil.copytree(saved_model_for("fp32"), out / f"{stem}_saved_model", dirs_exist_ok=True)
+            shutil.copytree(graph_for("fp32")[0], out / f"{stem}_saved_model", dirs_exist_ok=True)
     for r in records:
         print(f"wrote {out / r.file}")
 
