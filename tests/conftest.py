@@ -27,6 +27,18 @@ def bench_dir():
 SHIPPED_X4 = REPO / "weights" / "drsan_32s_x4.pt"
 
 
+def randomised(model):
+    """`model` with every parameter nudged at random (seed 0), in eval mode: PReLU slopes start at 0,
+    and a fresh model would leave some paths untested."""
+    import torch
+
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model.eval()
+
+
 def straight_and_resumed(make_args, tmp_path, iters=4, stop_at=2):
     """Train `iters` iterations in one go, and again with a stop at `stop_at` and a resume;
     returns both runs' last.pt. make_args(out, iters, **extra) gives core/train.py's arguments."""

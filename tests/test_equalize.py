@@ -6,19 +6,16 @@ from drsan_kit.core.checkpoint import load_checkpoint, save_checkpoint
 from drsan_kit.core.equalize import carry_ranges, channel_ranges, equalize_direct_path, fill_factors
 from drsan_kit.core.model import build_model
 
-from conftest import run_tool
+from conftest import randomised, run_tool
 
 
 def _randomised(scale, order="crd"):
-    torch.manual_seed(scale)
-    m = build_model("32s", scale, upsample_order=order)
+    m = randomised(build_model("32s", scale, upsample_order=order))
     with torch.no_grad():
-        for p in m.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
         # uneven channels, as trained direct paths have them
         for conv in (m.head, m.tail, *m.upsampler.convs):
             conv.weight.mul_(torch.rand(conv.out_channels, 1, 1, 1) * 3 + 0.2)
-    return m.eval()
+    return m
 
 
 def _spread(lo, hi):

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from conftest import randomised
 from drsan_kit.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from drsan_kit.core.model import build_model, count_macs, count_params
 from drsan_kit.core.variants import PAPER_GMACS, PAPER_PARAMS, SCALES, VARIANTS
@@ -27,16 +28,8 @@ def test_output_shape(scale):
     assert y.shape == (2, 3, 10 * scale, 13 * scale)
 
 
-def _randomised(model):
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)   # PReLU slopes start at 0; make every path matter
-    return model.eval()
-
-
 def test_dra_coefficients_reachable_and_injectable():
-    m = _randomised(build_model("32s", 2))
+    m = randomised(build_model("32s", 2))
     x = torch.rand(2, 3, 12, 12)
     coeffs = m.coefficients(x)
     assert len(coeffs) == 4 and all(c.shape == (2, 10) for c in coeffs)
@@ -55,14 +48,14 @@ def test_dra_coefficients_reachable_and_injectable():
 def test_dcr_upsampler_order_equals_crd_after_channel_permutation():
     from drsan_kit.converters.export import to_dcr
 
-    m = _randomised(build_model("32s", 4))
+    m = randomised(build_model("32s", 4))
     x = torch.rand(1, 3, 9, 11)
     with torch.no_grad():
         assert torch.allclose(to_dcr(m)(x), m(x), atol=1e-5)
 
 
 def test_checkpoint_round_trip_and_mismatch_errors(tmp_path):
-    m = _randomised(build_model("32s", 4))
+    m = randomised(build_model("32s", 4))
     path = save_checkpoint(tmp_path / "w.pt", m, {"training": {"iterations": 7}})
     loaded, blob = load_checkpoint(path, "32s", 4)
     assert blob["meta"]["training"]["iterations"] == 7
@@ -90,7 +83,7 @@ def test_corrupt_and_foreign_checkpoints_are_clear_errors(tmp_path):
 def test_decomposed_prelu_graph_equals_the_model(form):
     from drsan_kit.converters.export import DecomposedPReLU, deploy_model
 
-    m = _randomised(build_model("32s", 3))
+    m = randomised(build_model("32s", 3))
     native, decomposed = deploy_model(m), deploy_model(m, decompose_prelu=True, prelu_form=form)
     assert any(isinstance(x, DecomposedPReLU) for x in decomposed.modules())
     assert not any(isinstance(x, torch.nn.PReLU) for x in decomposed.modules())

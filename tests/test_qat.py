@@ -1,6 +1,7 @@
 """Quantization-aware fine-tuning: the int8 simulation (core/qat.py) and its ranges in the TFLite artifact."""
 import json
 import re
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -172,10 +173,14 @@ def test_qat_artifact_carries_the_learned_ranges(qat_checkpoint, tflite_artifact
         for i in op.inputs:
             assert codes[made_by[i].opcodeIndex] == schema.BuiltinOperator.CONV_2D
             assert np.isclose(graph.tensors[i].quantization.scale[0], out_scale, rtol=1e-6)
-    conv_scales = [graph.tensors[op.outputs[0]].quantization.scale[0] for op in graph.operators
-                   if codes[op.opcodeIndex] == schema.BuiltinOperator.CONV_2D]
-    head_scale = qat.qparams(*next(r for n, r in learned.items() if re.fullmatch(r"aq_\d+_head", n)))[0]
-    assert np.isclose(conv_scales, head_scale, rtol=1e-5).any()
+    # the head conv: of the convs that read the image (the first conv does), the one read by DRAG 0's
+    # many ops; the skip head's output goes to the skip sum alone
+    convs = [op for op in graph.operators if codes[op.opcodeIndex] == schema.BuiltinOperator.CONV_2D]
+    readers = Counter(i for op in graph.operators for i in op.inputs)
+    head_conv, = [op for op in convs if op.inputs[0] == convs[0].inputs[0] and readers[op.outputs[0]] > 1]
+    head_scale = graph.tensors[head_conv.outputs[0]].quantization.scale[0]
+    head_range = next(r for n, r in learned.items() if re.fullmatch(r"aq_\d+_head", n))
+    assert np.isclose(head_scale, qat.qparams(*head_range)[0], rtol=1e-5)
     assert head_scale < graph.tensors[concats[0].outputs[0]].quantization.scale[0]
 
     # the artifact follows its simulation: closer than the post-training artifact does
