@@ -210,6 +210,20 @@ def init_from(model, path, log):
             "qat_iterations": int((src.get("meta", {}).get("qat") or {}).get("iterations") or 0)}
 
 
+def carry_qat_ranges(scored, path, log):
+    """A QAT run that continues another starts from its ranges (still tracked until --qat-freeze),
+    not from the first batch's min/max; a float checkpoint, or one of another graph, starts afresh."""
+    saved = (read_checkpoint(path).get("meta", {}).get("qat") or {}).get("ranges")
+    if not saved:
+        return
+    try:
+        qat.load_ranges(scored, saved, frozen=False)
+    except ValueError as exc:
+        log(f"int8 ranges of {path} not carried: {exc}")
+        return
+    log(f"int8 ranges carried from {path} ({len(saved)} tensors)")
+
+
 def load_teacher(path, args, device, layout, log):
     """The frozen float model whose outputs --teacher trains towards."""
     try:
@@ -394,6 +408,8 @@ def train(args, argv=None):
         scored = qat.prepare(model)
         if resume.is_file() and "qat" in ts:
             qat.load_range_state(scored, ts["qat"])
+        elif args.init_from:
+            carry_qat_ranges(scored, args.init_from, log)
         net = torch.nn.parallel.DistributedDataParallel(scored) if ddp else scored
         args.amp = "off"   # rounding to int8 steps needs fp32 arithmetic
     teacher = load_teacher(args.teacher, args, device, layout, log) if args.teacher else None

@@ -212,6 +212,11 @@ def test_qat_fine_tuning_resumes_exactly_and_ships_ranges(data, tmp_path, capsys
     more = read_checkpoint(tmp_path / "more" / "model.pt")["meta"]
     assert (more["qat"]["iterations"], more["qat"]["iterations_before"]) == (6, 4)
     assert more["qat"]["init_from_sha256"] == more["training"]["init_from_sha256"] == file_sha256(start)
+    # ... and starts from its ranges: frozen before the first step, they come out unchanged
+    train_main(_args(data, tmp_path / "kept", 1, init_from=start, qat=True, qat_freeze=0, val_split=1))
+    assert read_checkpoint(tmp_path / "kept" / "model.pt")["meta"]["qat"]["ranges"] == ranges
+    # tracked from there, they move (towards these weights' batch min/max)
+    assert more["qat"]["ranges"] != ranges
 
 
 def test_teacher_replaces_the_hr_target_with_its_output(data, tmp_path):
