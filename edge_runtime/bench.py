@@ -27,7 +27,7 @@ import numpy as np
 
 from ..core.variants import SCALES, VARIANTS
 from .artifact import open_artifact
-from .backends import BackendError, open_backend
+from .backends import BackendError, cpu_threads, open_backend
 from .contract import (DEFAULT_MARGIN, DEFAULT_TILE, QAT, WHOLE_FRAME, Window, argtype,
                        artifact_kinds, backend_spec, choose_window, format_tile, parse_tile, read_manifest)
 from .upscaler import Upscaler, time_frames
@@ -81,7 +81,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
     runnable = [k for k in artifact_kinds() if backend_spec(k).runs_here()]
-    threads = args.threads or os.cpu_count()
+    threads = cpu_threads(args.threads)
     opened = []
     try:   # every artifact verified and opened before any timing: a damaged one would crash half-way through
         manifest = read_manifest(args.artifacts) if args.artifacts else None

@@ -356,3 +356,23 @@ def test_drift_reference_is_strict_fp32_on_cuda_and_says_so(monkeypatch, shipped
     assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
     ref = Reference(SimpleNamespace(weights=shipped_x4, variant="32s", scale=4), None)
     assert ref.device == f"{ref.backend.name}, FP32"   # what drift.json and drift.md record
+
+
+def test_tflite_uses_every_available_core_by_default(tflite_artifacts, monkeypatch):
+    """Left to its own default, the Python interpreter runs XNNPACK on one thread."""
+    import os
+
+    from drsan_kit.edge_runtime.backends import open_backend, tflite
+
+    Interpreter, _ = tflite._interpreter_class()
+    asked = []
+
+    def recording(*args, num_threads=None, **kwargs):
+        asked.append(num_threads)
+        return Interpreter(*args, num_threads=num_threads, **kwargs)
+
+    monkeypatch.setattr(tflite, "_interpreter_class", lambda: (recording, "recorded"))
+    model = tflite_artifacts / f"drsan_32s_x4_{CONVERT_TILE}_fp32.tflite"
+    open_backend("tflite", model, scale=4)
+    open_backend("tflite", model, scale=4, threads=1)
+    assert asked == [len(os.sched_getaffinity(0)), 1]

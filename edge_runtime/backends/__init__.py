@@ -13,6 +13,7 @@ A new runtime is one module here plus one register_backend() call (docs/extendin
 from __future__ import annotations
 
 import importlib
+import os
 
 from ..contract import backend_spec
 
@@ -34,3 +35,14 @@ def backend_class(kind: str):
 def open_backend(kind: str, path=None, **kwargs):
     """An open backend of the registered `kind` for the model at `path` (for torch: a checkpoint)."""
     return backend_class(kind)(path, **kwargs)
+
+
+def cpu_threads(requested: int = 0) -> int:
+    """Threads to run with: `requested` when > 0, else every CPU this process may use. TFLite's
+    Python interpreter left to its own default runs XNNPACK on one thread, half speed on two cores."""
+    if requested > 0:
+        return requested
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:   # macOS, Windows
+        return os.cpu_count() or 1

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import BackendError
+from . import BackendError, cpu_threads
 from .common import check_io_shapes
 from ..tiler import pad_to
 
@@ -55,7 +55,7 @@ class TFLiteBackend:
     def __init__(self, path, threads: int = 0, scale: int | None = None):
         Interpreter, self.runtime = _interpreter_class()
         try:
-            self.interp = Interpreter(model_path=str(path), num_threads=threads or None)
+            self.interp = Interpreter(model_path=str(path), num_threads=cpu_threads(threads))
             self.interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise BackendError(f"{path}: cannot load as a TFLite model ({str(exc).splitlines()[0][:200]})") from None
