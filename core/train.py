@@ -443,7 +443,8 @@ def train(args, argv=None):
             "init_from_sha256": state.get("origin", {}).get("sha256"),
             "teacher": args.teacher,
             "command": "python core/train.py " + " ".join(sys.argv[1:]) if argv is None else "main(" + repr(argv) + ")",
-        }, "validation": val_info | {"psnr_y": state["best_val"], "convention": "authors"},
+        }, "validation": val_info | {"psnr_y": state.get("last_val"), "best_psnr_y": state["best_val"],
+                                    "convention": "authors"},
             **({"qat": qat_meta()} if args.qat else {})}
 
     def qat_meta():
@@ -509,6 +510,7 @@ def train(args, argv=None):
             last = done in (args.iters, stop_at) or stop_why is not None
             if val_pairs and (done % args.val_every == 0 or last):
                 val = validate(scored, val_pairs, args.scale, device)
+                state["last_val"] = val   # model.pt holds these weights: its psnr_y is this score, not the best
                 if state["best_val"] is None or val > state["best_val"]:
                     state["best_val"] = val
                 log(f"\niteration {done}: validation PSNR(Y) {val:.3f} dB (best {state['best_val']:.3f})")

@@ -202,6 +202,12 @@ def test_qat_fine_tuning_resumes_exactly_and_ships_ranges(data, tmp_path, capsys
     ranges = shipped["meta"]["qat"]["ranges"]
     assert len(ranges) > 100 and all(lo <= hi for lo, hi in ranges.values())
     assert shipped["meta"]["qat"]["iterations"] == 4
+    # model.pt holds the last validated weights, and its score is theirs (the best is kept beside it)
+    scores = [float(r.split(",")[4]) for r in (tmp_path / "resumed" / "log.csv").read_text().splitlines()[1:]
+              if r.split(",")[4]]
+    assert len(scores) >= 2
+    assert shipped["meta"]["validation"]["psnr_y"] == pytest.approx(scores[-1], abs=1e-4)
+    assert shipped["meta"]["validation"]["best_psnr_y"] == pytest.approx(max(scores), abs=1e-4)
     # ranges stopped moving at the freeze: they are those of iteration 3 in both runs
     assert shipped["meta"]["qat"]["ranges_frozen_at"] == 3
     # the shipped weights are a plain DRSAN that every loader reads
