@@ -69,7 +69,8 @@ def parse_args(argv=None):
                          "models always use their own input shape")
     ap.add_argument("--margin", type=int, default=DEFAULT_MARGIN,
                     help=f"context pixels around each window, cropped away (default {DEFAULT_MARGIN})")
-    ap.add_argument("--threads", type=int, default=0, help="CPU threads for the model (default: every core this process may use)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="CPU threads for the model (default: every core this process may use)")
     ap.add_argument("--out", type=Path, default=Path("results"),
                     help="output folder, or output file for a single input (default ./results)")
     ap.add_argument("--ext", default=None,

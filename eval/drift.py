@@ -203,7 +203,8 @@ def parse_args(argv=None):
     ap.add_argument("--margin", type=int, default=DEFAULT_MARGIN,
                     help=f"tile context margin, as in the runtime (default {DEFAULT_MARGIN})")
     ap.add_argument("--convention", choices=CONVENTIONS, default="authors", help="Y convention (default authors)")
-    ap.add_argument("--threads", type=int, default=0, help="CPU threads for each model (default: every core this process may use)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="CPU threads for each model (default: every core this process may use)")
     ap.add_argument("--out", type=Path, default=Path("reports/drift"), help="report folder (default reports/drift)")
     ap.add_argument("--save-reference", type=Path, default=None, help="save the reference outputs to FILE (.npz)")
     ap.add_argument("--reference", type=Path, default=None,
