@@ -196,9 +196,9 @@ def ema_of(model, decay: float, saved: dict | None = None):
     return ema
 
 
-def init_from(model, path, log):
-    """Copy every tensor of another-scale checkpoint whose name and shape match (all but the upsampler)."""
-    src = read_checkpoint(path)
+def init_from(model, path, src, log):
+    """Copy every tensor of `src`, the checkpoint read from `path` (possibly of another scale), whose
+    name and shape match (all but the upsampler)."""
     if src["variant"] != model.variant.name:
         raise TrainingError(f"--init-from {path} is DRSAN-{src['variant']}, this run trains {model.variant.name}")
     own = model.state_dict()
@@ -210,10 +210,11 @@ def init_from(model, path, log):
             "qat_iterations": int((src.get("meta", {}).get("qat") or {}).get("iterations") or 0)}
 
 
-def carry_qat_ranges(scored, path, log):
-    """A QAT run that continues another starts from its ranges (still tracked until --qat-freeze),
-    not from the first batch's min/max; a float checkpoint, or one of another graph, starts afresh."""
-    saved = (read_checkpoint(path).get("meta", {}).get("qat") or {}).get("ranges")
+def carry_qat_ranges(scored, path, src, log):
+    """A QAT run that continues another (`src`, read from `path`) starts from its ranges (still tracked
+    until --qat-freeze), not from the first batch's min/max; a float checkpoint, or one of another graph,
+    starts afresh."""
+    saved = (src.get("meta", {}).get("qat") or {}).get("ranges")
     if not saved:
         return
     try:
@@ -359,16 +360,17 @@ def train(args, argv=None):
 
     torch.manual_seed(args.seed)   # same initial weights for the same --seed
     random.seed(args.seed)
-    # an equalized checkpoint (core/equalize.py) brings its skip head along
-    source = out / "last.pt" if (out / "last.pt").is_file() else args.init_from
-    model = build_model(args.variant, args.scale,
-                        skip_head=bool(source and read_checkpoint(source).get("skip_head", False)))
+    resume = out / "last.pt"
+    # read once for all it brings: an equalized checkpoint (core/equalize.py) its skip head,
+    # --init-from its weights, a QAT one its int8 ranges
+    source = resume if resume.is_file() else args.init_from
+    start = read_checkpoint(source) if source else None
+    model = build_model(args.variant, args.scale, skip_head=bool(start and start.get("skip_head", False)))
     # fused Adam: one kernel per step instead of several per tensor (the model has ~100 small tensors)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8,
                            fused=device.type == "cuda")
     state = {"iteration": 0, "seconds": 0.0, "best_val": None}
     ema_saved = None
-    resume = out / "last.pt"
     if args.val and args.val_split:
         raise TrainingError("give --val-split or --val, not both")
     try:
@@ -393,7 +395,7 @@ def train(args, argv=None):
         random.setstate(ts["python_rng"])
         log(f"resumed from {resume} at iteration {state['iteration']}")
     elif args.init_from:
-        state["origin"] = init_from(model, args.init_from, log)
+        state["origin"] = init_from(model, args.init_from, start, log)
     layout = memory_format(args, device)
     model.to(device, memory_format=layout).train()
     net = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
@@ -409,7 +411,9 @@ def train(args, argv=None):
         if resume.is_file() and "qat" in ts:
             qat.load_range_state(scored, ts["qat"])
         elif args.init_from:
-            carry_qat_ranges(scored, args.init_from, log)
+            # (resuming a run that kept no int8 state: `start` is its last.pt, not the --init-from file)
+            carry_qat_ranges(scored, args.init_from,
+                             read_checkpoint(args.init_from) if resume.is_file() else start, log)
         net = torch.nn.parallel.DistributedDataParallel(scored) if ddp else scored
         args.amp = "off"   # rounding to int8 steps needs fp32 arithmetic
     teacher = load_teacher(args.teacher, args, device, layout, log) if args.teacher else None
