@@ -141,7 +141,10 @@ CALIB_SEED = 2
 
 
 def random_crops(images: list[np.ndarray], tile: tuple[int, int], n: int, seed: int = 0) -> np.ndarray:
-    """n crops of tile size (edge-padded where an image is smaller): (n, h, w, 3) float32 in [0, 1]."""
+    """n crops of tile size (edge-padded where an image is smaller): (n, h, w, 3) float32 in [0, 1].
+
+    Edge padding, not the runtime's mirroring: these crops calibrate and check the int8 builds, and
+    the published int8 artifacts and drift reports were made from exactly these crops."""
     rng = np.random.default_rng(seed)
     th, tw = tile
     out = np.empty((n, th, tw, 3), np.float32)
@@ -150,7 +153,7 @@ def random_crops(images: list[np.ndarray], tile: tuple[int, int], n: int, seed: 
         y = int(rng.integers(0, max(1, img.shape[0] - th + 1)))
         x = int(rng.integers(0, max(1, img.shape[1] - tw + 1)))
         crop = img[y : y + th, x : x + tw].astype(np.float32) / 255.0
-        out[k] = pad_to(crop, th, tw)
+        out[k] = pad_to(crop, th, tw, "edge")
     return out
 
 

@@ -9,8 +9,8 @@ one-shot output wherever the margin covers its receptive field. Windows stay
 inside the frame (the last one on each axis is shifted back to end at the
 border), so frame borders see the same padding as a one-shot run. A frame
 smaller than the tile runs at its own size on a shape-flexible model; for a
-fixed-shape one (pad_small) it is edge-padded up to the tile size and the
-output cropped back.
+fixed-shape one (pad_small) it is padded up to the tile size with its own
+mirror image (contract.PAD_MODE) and the output cropped back.
 
 Memory: the input frame, one output buffer and one window at a time.
 """
@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .contract import DEFAULT_MARGIN
+from .contract import DEFAULT_MARGIN, PAD_MODE, PAD_MODES
 
 TileFn = Callable[[np.ndarray], np.ndarray]   # (h, w, 3) float32 -> (h*s, w*s, 3) float32
 
@@ -49,23 +49,29 @@ def axis_spans(length: int, tile: int, margin: int) -> list[Span]:
     return spans
 
 
-def pad_to(img: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Pad bottom/right up to (height, width) by repeating the last row/column.
+def pad_to(img: np.ndarray, height: int, width: int, mode: str = PAD_MODE) -> np.ndarray:
+    """Pad bottom/right up to (height, width); mode is one of contract.PAD_MODES (numpy's names).
 
-    Repeating the edge keeps the padded border closest to real image content. What padding still
-    costs (the DRA coefficients and the borders see the padded pixels): -0.023 dB on x2 Set14 with a
-    192x336 tile, every image padded up to it (reports/tiling_32s_x2_set14_padded, shipped x2 weights).
-    TFLite models avoid it by resizing the interpreter instead (backends/tflite.py).
+    The default mirrors the image, repeatedly where the window is more than twice its size.
+    Padding still changes what the model sees (its DRA coefficients pool over the whole window,
+    and the padded border is not the zeros it was trained with at image borders); TFLite models
+    avoid it by resizing the interpreter instead (backends/tflite.py).
     """
-    return np.pad(img, ((0, height - img.shape[0]), (0, width - img.shape[1]), (0, 0)), mode="edge")
+    if mode not in PAD_MODES:
+        raise ValueError(f"padding mode must be one of {PAD_MODES}, not {mode!r}")
+    pads = ((0, height - img.shape[0]), (0, width - img.shape[1]), (0, 0))
+    return np.pad(img, pads, mode=mode, **({"constant_values": 0} if mode == "constant" else {}))
 
 
 class Tiler:
     """Run `fn` over a frame in windows of `tile` = (h, w) LR pixels; tile None runs the frame whole."""
 
     def __init__(self, scale: int, tile: tuple[int, int] | None, margin: int = DEFAULT_MARGIN,
-                 pad_small: bool = True):
+                 pad_small: bool = True, pad_mode: str = PAD_MODE):
         self.scale, self.tile, self.margin, self.pad_small = scale, tile, margin, pad_small
+        if pad_mode not in PAD_MODES:
+            raise ValueError(f"padding mode must be one of {PAD_MODES}, not {pad_mode!r}")
+        self.pad_mode = pad_mode
         if tile is not None:
             for t in tile:
                 if t <= 2 * margin:
@@ -94,7 +100,7 @@ class Tiler:
             win = frame[ys.start : ys.start + th, xs.start : xs.start + tw]
             wh, ww = win.shape[:2]
             if self.pad_small and (wh < th or ww < tw):
-                win = pad_to(win, th, tw)
+                win = pad_to(win, th, tw, self.pad_mode)
             res = fn(np.ascontiguousarray(win))
             oy, ox = ys.keep_from - ys.start, xs.keep_from - xs.start
             core = res[oy * s : (oy + ys.keep_to - ys.keep_from) * s, ox * s : (ox + xs.keep_to - xs.keep_from) * s]

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..core.images import LoadedImage
 from ..core.imresize import imresize
-from .contract import DEFAULT_MARGIN, WHOLE_FRAME, Window, abilities, choose_window
+from .contract import DEFAULT_MARGIN, PAD_MODE, WHOLE_FRAME, Window, abilities, choose_window
 from .tiler import Tiler
 
 
@@ -21,7 +21,7 @@ COEFF_MODES = ("tile", "frame", "downscaled")
 
 class Upscaler:
     def __init__(self, backend, tile: tuple[int, int] | None = None, margin: int = DEFAULT_MARGIN, coeffs: str = "tile",
-                 pad_to_tile: bool | None = None, window: Window | None = None):
+                 pad_to_tile: bool | None = None, window: Window | None = None, pad_mode: str = PAD_MODE):
         """window: how frames are cut (from open_artifact); without one it follows contract.choose_window:
         a fixed-shape model runs its own tile, a shape-flexible one `tile` (None: whole frame).
 
@@ -30,7 +30,7 @@ class Upscaler:
         at half size, cheap). The last two need a backend whose registry entry says it takes them (torch).
 
         pad_to_tile: override the window's padding rule; the drift harness sets it to run the reference
-        exactly like an artifact.
+        exactly like an artifact. pad_mode: how (contract.PAD_MODES); eval/tiling.py compares them.
         """
         if coeffs not in COEFF_MODES:
             raise ValueError(f"coeffs must be one of {COEFF_MODES}")
@@ -43,7 +43,7 @@ class Upscaler:
                                    WHOLE_FRAME if tile is None else tile)
         self.tile = window.tile
         pad = window.pad if pad_to_tile is None else pad_to_tile
-        self.tiler = Tiler(backend.scale, self.tile, margin=margin, pad_small=pad)
+        self.tiler = Tiler(backend.scale, self.tile, margin=margin, pad_small=pad, pad_mode=pad_mode)
         self.scale = backend.scale
 
     def frame(self, rgb: np.ndarray, out_dtype=np.float32, on_tile=None) -> np.ndarray:

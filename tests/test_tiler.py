@@ -59,13 +59,39 @@ def test_fixed_shape_models_get_exactly_their_shape(h, w):
     assert np.allclose(out, frame.repeat(2, 0).repeat(2, 1))
 
 
-def test_pad_to_repeats_the_edge_and_handles_one_pixel():
+def test_pad_to_mirrors_by_default_repeatedly_and_handles_one_pixel():
     x = np.arange(6, dtype=np.float32).reshape(1, 2, 3)
     assert pad_to(x, 5, 7).shape == (5, 7, 3)
+    y = np.arange(8 * 3, dtype=np.float32).reshape(2, 4, 3)
+    p = pad_to(y, 5, 13)
+    assert np.array_equal(p[:2, :4], y)
+    assert np.array_equal(p[2], p[1]) and np.array_equal(p[3], p[0])          # rows mirrored: 0 1 | 1 0 | 0
+    assert np.array_equal(p[0, 4:8], y[0, ::-1]) and np.array_equal(p[0, 8:12], y[0])   # and again past 2x
+
+
+def test_pad_to_other_modes_and_bad_mode():
     y = np.arange(12, dtype=np.float32).reshape(2, 2, 3)
-    p = pad_to(y, 4, 3)
-    assert np.array_equal(p[:2, :2], y)
-    assert np.array_equal(p[3], p[1]) and np.array_equal(p[:, 2], p[:, 1])   # repetition, not reflection
+    e = pad_to(y, 4, 3, "edge")
+    assert np.array_equal(e[3], e[1]) and np.array_equal(e[:, 2], e[:, 1])
+    assert (pad_to(y, 4, 3, "constant")[2:] == 0).all()
+    with pytest.raises(ValueError, match="padding mode"):
+        pad_to(y, 4, 3, "mirror")
+    with pytest.raises(ValueError, match="padding mode"):
+        Tiler(2, (8, 8), margin=2, pad_mode="mirror")
+
+
+def test_tiler_pads_small_frames_with_its_mode():
+    frame = np.random.default_rng(1).random((5, 6, 3), dtype=np.float32)
+    seen = {}
+
+    def fn(x):
+        seen["win"] = x.copy()
+        return x.repeat(2, 0).repeat(2, 1)
+
+    for mode in ("symmetric", "edge"):
+        out = Tiler(2, (8, 8), margin=2, pad_mode=mode).run(frame, fn)
+        assert np.array_equal(seen["win"], pad_to(frame, 8, 8, mode))
+        assert np.array_equal(out, frame.repeat(2, 0).repeat(2, 1))   # padding cropped off again
 
 
 def test_uint8_output_rounds_and_tile_must_exceed_margin():
