@@ -25,7 +25,7 @@ MIN_ARTIFACT_TILE = 8       # the smallest fixed input shape a converter will bu
 WHOLE_FRAME = 0             # what --tile 0 (or "full") parses to: each frame runs in one piece
 # How a window smaller than a fixed-shape model's input is filled up to it: the frame mirrored
 # (numpy's "symmetric"). The network learned its borders with zeros beyond them, which no input
-# padding reproduces; of the paddings numpy offers, mirroring costs least (held-out training
+# padding reproduces; of the five numpy paddings below, mirroring costs least (held-out training
 # images, 192x336 window: docs/runtime.md, reports/padding_32s_x*).
 PAD_MODES = ("symmetric", "reflect", "edge", "wrap", "constant")
 PAD_MODE = "symmetric"
