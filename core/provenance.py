@@ -91,6 +91,14 @@ def _sysctl(name: str) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
+def usable_cores() -> int:
+    """The CPUs this process may run on (its affinity mask on Linux); 0 when unknown."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:      # not on Linux
+        return os.cpu_count() or 0
+
+
 def cpu() -> dict:
     """CPU model, usable cores and the int8-relevant instruction set features present."""
     info = _cpuinfo()
@@ -105,11 +113,7 @@ def cpu() -> dict:
     model = (info.get("model name") or info.get("Model") or info.get("Hardware")
              or (_sysctl("machdep.cpu.brand_string") if platform.system() == "Darwin" else None)
              or platform.processor() or platform.machine())
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:      # not on Linux
-        cores = os.cpu_count() or 0
-    return {"model": model, "cores": cores, "arch": platform.machine(), "features": features}
+    return {"model": model, "cores": usable_cores(), "arch": platform.machine(), "features": features}
 
 
 def machine() -> str:

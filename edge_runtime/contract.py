@@ -30,6 +30,13 @@ WHOLE_FRAME = 0             # what --tile 0 (or "full") parses to: each frame ru
 PAD_MODES = ("symmetric", "reflect", "edge", "wrap", "constant")
 PAD_MODE = "symmetric"
 
+
+def check_pad_mode(mode: str) -> str:
+    if mode not in PAD_MODES:
+        raise ValueError(f"padding mode must be one of {PAD_MODES}, not {mode!r}")
+    return mode
+
+
 Tile = tuple[int, int]
 T = TypeVar("T")
 

@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .contract import DEFAULT_MARGIN, PAD_MODE, PAD_MODES
+from .contract import DEFAULT_MARGIN, PAD_MODE, check_pad_mode
 
 TileFn = Callable[[np.ndarray], np.ndarray]   # (h, w, 3) float32 -> (h*s, w*s, 3) float32
 
@@ -57,10 +57,8 @@ def pad_to(img: np.ndarray, height: int, width: int, mode: str = PAD_MODE) -> np
     and the padded border is not the zeros it was trained with at image borders); TFLite models
     avoid it by resizing the interpreter instead (backends/tflite.py).
     """
-    if mode not in PAD_MODES:
-        raise ValueError(f"padding mode must be one of {PAD_MODES}, not {mode!r}")
     pads = ((0, height - img.shape[0]), (0, width - img.shape[1]), (0, 0))
-    return np.pad(img, pads, mode=mode, **({"constant_values": 0} if mode == "constant" else {}))
+    return np.pad(img, pads, mode=check_pad_mode(mode), **({"constant_values": 0} if mode == "constant" else {}))
 
 
 class Tiler:
@@ -69,9 +67,7 @@ class Tiler:
     def __init__(self, scale: int, tile: tuple[int, int] | None, margin: int = DEFAULT_MARGIN,
                  pad_small: bool = True, pad_mode: str = PAD_MODE):
         self.scale, self.tile, self.margin, self.pad_small = scale, tile, margin, pad_small
-        if pad_mode not in PAD_MODES:
-            raise ValueError(f"padding mode must be one of {PAD_MODES}, not {pad_mode!r}")
-        self.pad_mode = pad_mode
+        self.pad_mode = check_pad_mode(pad_mode)   # checked now, not at the first small frame
         if tile is not None:
             for t in tile:
                 if t <= 2 * margin:

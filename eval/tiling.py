@@ -35,7 +35,8 @@ from ..core.holdout import holdout_pairs, split_holdout
 from ..core.metrics import psnr, psnr_y
 from ..core.variants import SCALES, VARIANTS
 from ..edge_runtime.backends import open_backend
-from ..edge_runtime.contract import DEFAULT_MARGIN, DEFAULT_TILE, PAD_MODE, PAD_MODES, argtype, format_tile, parse_tiles
+from ..edge_runtime.contract import (DEFAULT_MARGIN, DEFAULT_TILE, PAD_MODE, PAD_MODES, argtype, check_pad_mode,
+                                     format_tile, parse_tiles)
 from ..edge_runtime.upscaler import COEFF_MODES, Upscaler
 from ..edge_runtime.bench import test_frame
 from ..core import provenance
@@ -44,9 +45,8 @@ from .benchmark import DATA_HELP
 
 
 def pad_modes(text: str) -> list[str]:
-    modes = [m for m in text.split(",") if m]
-    bad = [m for m in modes if m not in PAD_MODES]
-    if bad or not modes:
+    modes = [check_pad_mode(m) for m in text.split(",") if m]
+    if not modes:
         raise ValueError(f"--pad takes modes from {','.join(PAD_MODES)}, not {text!r}")
     return modes
 

@@ -13,8 +13,8 @@ A new runtime is one module here plus one register_backend() call (docs/extendin
 from __future__ import annotations
 
 import importlib
-import os
 
+from ...core.provenance import usable_cores
 from ..contract import backend_spec
 
 
@@ -40,9 +40,4 @@ def open_backend(kind: str, path=None, **kwargs):
 def cpu_threads(requested: int = 0) -> int:
     """Threads to run with: `requested` when > 0, else every CPU this process may use. TFLite's
     Python interpreter left to its own default runs XNNPACK on one thread, half speed on two cores."""
-    if requested > 0:
-        return requested
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:   # macOS, Windows
-        return os.cpu_count() or 1
+    return requested if requested > 0 else usable_cores() or 1
