@@ -114,7 +114,28 @@ def batches(sampler, size: int, start: int, workers: int, pin: bool):
 
 # PSNR is 10*log10(1/MSE): L2 targets it directly, L1 (the paper's) trains faster and more robustly
 LOSSES = {"l1": F.l1_loss, "l2": F.mse_loss}
+# --distill-weighting relative: a patch's error to the teacher is divided by the teacher's own error
+# to the HR patch, floored at 45 dB (MSE 10^-4.5) so that a perfectly flat patch cannot take the batch
+RELATIVE_FLOOR = 10 ** -4.5
 LAYOUTS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
+
+
+def relative_weights(teacher_out, hr):
+    """Per-patch weights, mean 1: the inverse of the teacher's MSE to HR (floored).
+
+    The PSNR an added error e costs on a patch is about 4.34 * e / m, m being the teacher's own MSE:
+    so weighted, the loss follows the PSNR drop a student adds, patch by patch, which is what drift
+    reports measure; flat patches, where the teacher is nearly exact and any rounding shows, weigh more.
+    """
+    m = ((teacher_out - hr) ** 2).flatten(1).mean(1).clamp(min=RELATIVE_FLOOR)
+    w = 1.0 / m
+    return w / w.mean()
+
+
+def weighted_l2(weights):
+    def loss(pred, target):
+        return (((pred - target) ** 2).flatten(1).mean(1) * weights).mean()
+    return loss
 
 
 def learning_rate(args, it: int, seconds: float = 0.0) -> float:
@@ -315,6 +336,11 @@ def parse_args(argv=None):
                     help="distil: the loss compares the output with this float checkpoint's output (same variant "
                          "and scale) instead of the HR patch. With --qat and the shipped float checkpoint as teacher "
                          "the loss is exactly the int8 error the drift report measures")
+    ap.add_argument("--distill-weighting", choices=["uniform", "relative"], default="uniform",
+                    help="with --teacher and --loss l2: uniform (default) averages the squared error over all "
+                         "patches; relative divides each patch's error by the teacher's own squared error to the HR "
+                         "patch (floored at 45 dB), so that flat patches, where any rounding costs the most PSNR, "
+                         "weigh as much as the PSNR they lose")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     ap.add_argument("--init-from", default=None, help="checkpoint of another scale to start the body from")
     ap.add_argument("--save-every", type=int, default=250, help="write last.pt every N iterations")
@@ -401,6 +427,8 @@ def train(args, argv=None):
     net = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
     if args.qat and args.ema:
         raise TrainingError("--qat and --ema cannot be combined")
+    if args.distill_weighting != "uniform" and not (args.teacher and args.loss == "l2"):
+        raise TrainingError("--distill-weighting relative needs --teacher and --loss l2")
     ema = ema_of(model, args.ema, ema_saved) if args.ema else None
     # what validation measures and model.pt ships: the average when there is one
     shipped = ema.module if ema is not None else model
@@ -445,7 +473,7 @@ def train(args, argv=None):
             "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
             "machine": f"{platform.machine()} {os.cpu_count()} cores", "init_from": args.init_from,
             "init_from_sha256": state.get("origin", {}).get("sha256"),
-            "teacher": args.teacher,
+            "teacher": args.teacher, "distill_weighting": args.distill_weighting if args.teacher else None,
             "command": "python core/train.py " + " ".join(sys.argv[1:]) if argv is None else "main(" + repr(argv) + ")",
         }, "validation": val_info | {"psnr_y": state.get("last_val"), "best_psnr_y": state["best_val"],
                                     "convention": "authors"},
@@ -493,10 +521,14 @@ def train(args, argv=None):
             if args.qat and it == args.qat_freeze:
                 qat.freeze_ranges(scored)
             lr_b, hr_b = (t.to(device, non_blocking=True).float().div_(255.0) for t in next(feed))
+            step_loss = loss_fn
             if teacher is not None:
                 with torch.no_grad():
-                    hr_b = teacher(lr_b.contiguous(memory_format=layout)).float()
-            loss = train_step(net, opt, loss_fn, lr_b.contiguous(memory_format=layout), hr_b, amp)
+                    taught = teacher(lr_b.contiguous(memory_format=layout)).float()
+                if args.distill_weighting == "relative":
+                    step_loss = weighted_l2(relative_weights(taught, hr_b))
+                hr_b = taught
+            loss = train_step(net, opt, step_loss, lr_b.contiguous(memory_format=layout), hr_b, amp)
             if ema is not None:
                 ema.update_parameters(model)
             state["iteration"] = it + 1

@@ -240,3 +240,31 @@ def test_teacher_replaces_the_hr_target_with_its_output(data, tmp_path):
     assert float((tmp_path / "hr" / "log.csv").read_text().splitlines()[1].split(",")[1]) > 0
     with pytest.raises(SystemExit, match="--teacher"):
         train_main(_args(data, tmp_path / "bad", 1, teacher=tmp_path / "missing.pt"))
+
+
+def test_relative_distillation_weights_follow_the_teachers_own_error():
+    from drsan_kit.core.train import RELATIVE_FLOOR, relative_weights, weighted_l2
+
+    hr = torch.zeros(3, 3, 4, 4)
+    teacher = hr.clone()
+    teacher[0] += 0.1    # MSE 1e-2
+    teacher[1] += 0.01   # MSE 1e-4: a patch the teacher gets 100x closer weighs 100x more
+    # teacher[2] is exact: its weight stops at the floor instead of growing without bound
+    w = relative_weights(teacher, hr)
+    assert torch.allclose(w.mean(), torch.tensor(1.0))
+    assert torch.allclose(w[1] / w[0], torch.tensor(100.0), rtol=1e-4)
+    assert torch.allclose(w[2] / w[0], torch.tensor(1e-2 / RELATIVE_FLOOR), rtol=1e-4)
+    # the weighted loss is the weighted mean of per-patch MSEs; uniform weights give plain MSE
+    pred = torch.rand(3, 3, 4, 4)
+    per = ((pred - teacher) ** 2).flatten(1).mean(1)
+    assert torch.allclose(weighted_l2(w)(pred, teacher), (per * w).mean())
+    assert torch.allclose(weighted_l2(torch.ones(3))(pred, teacher), torch.nn.functional.mse_loss(pred, teacher))
+
+
+def test_relative_distillation_trains_and_is_recorded(data, tmp_path):
+    train_main(_args(data, tmp_path / "t", 1))
+    teacher = tmp_path / "t" / "model.pt"
+    train_main(_args(data, tmp_path / "rel", 2, teacher=teacher, loss="l2", distill_weighting="relative"))
+    assert read_checkpoint(tmp_path / "rel" / "model.pt")["meta"]["training"]["distill_weighting"] == "relative"
+    with pytest.raises(SystemExit, match="--distill-weighting relative needs --teacher and --loss l2"):
+        train_main(_args(data, tmp_path / "bad", 1, distill_weighting="relative"))
