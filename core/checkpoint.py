@@ -61,7 +61,13 @@ def read_checkpoint(path) -> dict:
         raise CheckpointError(f"{path}: not a readable checkpoint ({exc.__class__.__name__})") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a drsan-kit checkpoint (no '{FORMAT}' format tag)")
+    for key, kind in _FIELDS:
+        if not isinstance(blob.get(key), kind) or isinstance(blob.get(key), bool):
+            raise CheckpointError(f"{path}: damaged checkpoint: {key!r} is missing or not {kind.__name__}")
     return blob
+
+
+_FIELDS = (("variant", str), ("scale", int), ("upsample_order", str), ("state_dict", dict))
 
 
 def load_checkpoint(path, variant: str | None = None, scale: int | None = None, **model_kwargs):
@@ -75,11 +81,17 @@ def load_checkpoint(path, variant: str | None = None, scale: int | None = None, 
         raise CheckpointError(f"{path}: checkpoint is DRSAN-{blob['variant']}, but variant {variant} was asked for")
     if scale is not None and int(scale) != blob["scale"]:
         raise CheckpointError(f"{path}: checkpoint is x{blob['scale']}, but scale x{scale} was asked for")
-    get_variant(blob["variant"])
-    check_scale(blob["scale"])
-    model = build_model(blob["variant"], blob["scale"], upsample_order=blob["upsample_order"],
-                        skip_head=bool(blob.get("skip_head", False)), **model_kwargs)
-    model.load_state_dict(blob["state_dict"], strict=True)
+    try:
+        get_variant(blob["variant"])
+        check_scale(blob["scale"])
+        model = build_model(blob["variant"], blob["scale"], upsample_order=blob["upsample_order"],
+                            skip_head=bool(blob.get("skip_head", False)), **model_kwargs)
+        model.load_state_dict(blob["state_dict"], strict=True)
+    except (ValueError, KeyError, RuntimeError) as exc:   # unknown variant, wrong or missing tensors, ...
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [exc.__class__.__name__]
+        reason = lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]   # torch: "Error(s) ...:"
+        raise CheckpointError(f"{path}: checkpoint does not fit DRSAN-{blob['variant']} x{blob['scale']} "
+                              f"({reason[:200]})") from None
     return model.eval(), blob
 
 

@@ -46,6 +46,12 @@ class ImageError(ValueError):
     """A file that cannot be used as an image; the message names the file."""
 
 
+# what Pillow raises on a damaged or hostile file: a cut GIF gives IndexError, a header claiming billions of
+# pixels DecompressionBombError (neither is an OSError)
+_READ_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, IndexError,
+                Image.DecompressionBombError)
+
+
 @dataclass
 class LoadedImage:
     rgb: np.ndarray                  # (H, W, 3) float32 in [0, 1]
@@ -96,13 +102,15 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
             return img
     except ImageError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except _READ_ERRORS as exc:
         raise ImageError(f"{path}: cannot read image ({exc})") from None
 
 
 def _decode(im: Image.Image) -> LoadedImage:
     if im.width == 0 or im.height == 0:
         raise ImageError("image has zero size")
+    if im.mode == "1":   # bilevel: numpy sees bools, which would scale to black
+        im = im.convert("L")
     if im.mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
     if im.mode == "PA":
@@ -119,7 +127,10 @@ def _decode(im: Image.Image) -> LoadedImage:
         depth = 8
     if im.mode in ("1", "L", "I", "F"):
         if im.mode in ("I", "F"):
-            arr = np.clip(np.asarray(im, dtype=np.float32), 0, 255)
+            arr = np.asarray(im, dtype=np.float32)
+            # floating-point images (e.g. TIFF from scientific or HDR tools) usually hold [0, 1]
+            scale_up = im.mode == "F" and np.nanmax(arr, initial=0.0) <= 1.0
+            arr = np.clip(np.nan_to_num(arr) * (255.0 if scale_up else 1.0), 0, 255)
         g = _to_float(np.asarray(arr), 8) if depth == 8 else arr
         return LoadedImage(np.repeat(g[..., None], 3, axis=2), None, True, depth)
     if im.mode == "LA":
@@ -153,14 +164,17 @@ def frame_count(path: str | os.PathLike) -> int:
     try:
         with Image.open(_existing(path)) as im:
             return int(getattr(im, "n_frames", 1))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except _READ_ERRORS as exc:
         raise ImageError(f"{path}: cannot read image ({exc})") from None
 
 
 def load_frames(path: str | os.PathLike) -> tuple[Iterator[tuple[LoadedImage, int]], int]:
     """(frames, loop) of an animated image: frames yields (frame, duration in ms), composited as shown."""
-    path = Path(path)
-    im = Image.open(path)
+    path = _existing(path)
+    try:
+        im = Image.open(path)
+    except _READ_ERRORS as exc:
+        raise ImageError(f"{path}: cannot read image ({exc})") from None
     loop = int(im.info.get("loop", 0))
 
     def frames():
@@ -169,7 +183,7 @@ def load_frames(path: str | os.PathLike) -> tuple[Iterator[tuple[LoadedImage, in
                 for frame in ImageSequence.Iterator(im):
                     picture = frame.copy()   # loads the frame; WebP sets its duration only then
                     yield _decode(picture), int(frame.info.get("duration", 100) or 100)
-            except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            except _READ_ERRORS as exc:
                 raise ImageError(f"{path}: cannot read frame {im.tell()} ({exc})") from None
     return frames(), loop
 

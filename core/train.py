@@ -359,10 +359,11 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    """The command line: a TrainingError becomes `error: ...` and exit status 1, never a traceback."""
+    """The command line: a TrainingError or a damaged checkpoint becomes `error: ...` and exit status 1,
+    never a traceback."""
     try:
         train(parse_args(argv), argv)
-    except TrainingError as exc:
+    except (TrainingError, CheckpointError) as exc:
         raise SystemExit(f"error: {exc}") from None
 
 

@@ -28,10 +28,22 @@ import numpy as np
 from ..core.variants import SCALES, VARIANTS
 from .artifact import open_artifact
 from .backends import BackendError, cpu_threads, open_backend
-from .contract import (DEFAULT_MARGIN, DEFAULT_TILE, QAT, WHOLE_FRAME, Window, argtype,
+from .contract import (DEFAULT_MARGIN, DEFAULT_TILE, MANIFEST_NAME, QAT, WHOLE_FRAME, ManifestError, Window, argtype,
                        artifact_kinds, backend_spec, choose_window, format_tile, parse_tile, read_manifest)
 from .upscaler import Upscaler, time_frames
 from ..core import provenance
+from ..core.atomic import atomic_path
+
+
+def frame_size(text: str) -> str:
+    """--frame WxH, checked; the report keeps it as text."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"frame size must look like WxH (e.g. 1280x720), not {text!r}") from None
+    if w < 1 or h < 1:
+        raise ValueError(f"frame sizes must be positive, not {text!r}")
+    return f"{w}x{h}"
 
 
 def test_frame(size: str, photo_name: str = "astronaut") -> np.ndarray:
@@ -62,7 +74,7 @@ def main(argv=None):
     ap.add_argument("--scale", type=int, default=4, choices=SCALES, help="upscaling factor (default 4)")
     ap.add_argument("--weights", default=None, help="checkpoint for the PyTorch reference (default: shipped)")
     ap.add_argument("--artifacts", type=Path, default=None, help="folder of artifacts with manifest.json")
-    ap.add_argument("--frame", default="1280x720", help="input frame size WxH (default 1280x720)")
+    ap.add_argument("--frame", type=argtype(frame_size), default="1280x720", help="input frame size WxH (default 1280x720)")
     ap.add_argument("--tile", type=argtype(parse_tile), default=DEFAULT_TILE,
                     help=f"window HxW for shape-flexible backends (default {format_tile(DEFAULT_TILE)})")
     ap.add_argument("--margin", type=int, default=DEFAULT_MARGIN,
@@ -85,10 +97,13 @@ def main(argv=None):
     opened = []
     try:   # every artifact verified and opened before any timing: a damaged one would crash half-way through
         manifest = read_manifest(args.artifacts) if args.artifacts else None
+        if args.artifacts and manifest is None:
+            raise ManifestError(f"no {MANIFEST_NAME} in {args.artifacts}")
         for e in (manifest.artifacts if manifest else []):
             if e.format in runnable and e.precision not in skip:
                 opened.append(open_artifact(args.artifacts / e.file, e.format, scale=args.scale, threads=threads,
                                             flexible_default=args.tile))
+        torch_backend = open_backend("torch", args.weights, variant=args.variant, scale=args.scale, threads=threads)
     except (BackendError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -117,7 +132,6 @@ def main(argv=None):
         rows.append(r)
 
     whole = Window(None, pad=False)
-    torch_backend = open_backend("torch", args.weights, variant=args.variant, scale=args.scale, threads=threads)
     bench("torch-full", torch_backend, whole, "PyTorch eager FP32, whole frame")
     bench("torch", torch_backend, choose_window(None, False, args.tile), "PyTorch eager FP32, tiled")
     for art in opened:
@@ -139,12 +153,14 @@ def main(argv=None):
               "margin": args.margin, "results": rows}
     table = markdown(report)
     print(table)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
-    if args.md:
-        args.md.parent.mkdir(parents=True, exist_ok=True)
-        args.md.write_text(table)
+    for path, text in ((args.json, json.dumps(report, indent=2)), (args.md, table)):
+        if path:
+            try:
+                with atomic_path(path) as tmp:
+                    tmp.write_text(text)
+            except OSError as exc:
+                print(f"error: cannot write {path} ({exc.strerror or exc})", file=sys.stderr)
+                return 2
     return 0
 
 

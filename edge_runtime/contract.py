@@ -373,8 +373,8 @@ def validate_manifest(d, where: str = MANIFEST_NAME):
         bad(f"schema version {version} is newer than this kit reads ({SCHEMA_VERSION}); update the kit")
     model = d.get("model")
     if not isinstance(model, dict) or not isinstance(model.get("variant"), str) \
-            or not isinstance(model.get("scale"), int):
-        bad('"model" needs a variant (text) and a scale (integer)')
+            or not _positive_int(model.get("scale")):
+        bad('"model" needs a variant (text) and a scale (positive integer)')
     if not isinstance(d.get("artifacts", []), list):
         bad('"artifacts" is not a list')
     for i, a in enumerate(d.get("artifacts", [])):
@@ -383,9 +383,25 @@ def validate_manifest(d, where: str = MANIFEST_NAME):
         if a["file"] != Path(a["file"]).name or a["file"] in ("", ".", ".."):
             bad(f"artifact {i}: file {a['file']!r} is not a plain name in the manifest's folder")
         tile = a.get("tile")
-        if tile is not None and not (isinstance(tile, list) and len(tile) == 2
-                                     and all(isinstance(v, int) and v > 0 for v in tile)):
+        if tile is not None and not (isinstance(tile, list) and len(tile) == 2 and all(map(_positive_int, tile))):
             bad(f"{a['file']}: tile {tile!r} is not [height, width]")
+        for key, kind, what in _ENTRY_TYPES:
+            if a.get(key) is not None and not _is(a[key], kind):
+                bad(f"{a['file']}: {key} {a[key]!r} is not {what}")
+
+
+# optional entry fields: (key, JSON type, what the message calls it); null always passes
+_ENTRY_TYPES = (("sha256", str, "a hex digest (text)"), ("size_bytes", int, "a byte count (integer)"),
+                ("check", dict, "an object"), ("dynamic_shape", bool, "true or false"))
+
+
+def _is(value, kind: type) -> bool:
+    """isinstance for parsed JSON, where true and false are not integers."""
+    return isinstance(value, bool) if kind is bool else isinstance(value, kind) and not isinstance(value, bool)
+
+
+def _positive_int(value) -> bool:
+    return _is(value, int) and value > 0
 
 
 def read_manifest(folder) -> Manifest | None:

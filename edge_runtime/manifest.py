@@ -59,8 +59,12 @@ def main(argv=None) -> int:
         return 2
     print(table)
     if args.md:
-        with atomic_path(args.md) as tmp:
-            tmp.write_text(provenance.markdown(provenance.header(argv)) + "\n" + table)
+        try:
+            with atomic_path(args.md) as tmp:
+                tmp.write_text(provenance.markdown(provenance.header(argv)) + "\n" + table)
+        except OSError as exc:
+            print(f"error: cannot write {args.md} ({exc.strerror or exc})", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from ..core.images import (IMAGE_EXTENSIONS, ImageError, frame_count, holds_frames, load_frames,
                            load_image, missing_reader, save_animation, save_image)
+from ..core.variants import SCALES
 from .artifact import open_artifact
 from .backends import BackendError, open_backend
 from .contract import (DEFAULT_MARGIN, DEFAULT_TILE, argtype, artifact_kinds, backend_spec, choose_window,
@@ -58,7 +59,7 @@ def parse_args(argv=None):
     src.add_argument("--torch", action="store_true", help=backend_spec("torch").help)
     ap.add_argument("inputs", nargs="*", help="image files, folders (searched recursively) or video files")
     ap.add_argument("--variant", default="32s", help="--torch: model variant (default 32s)")
-    ap.add_argument("--scale", type=int, default=None,
+    ap.add_argument("--scale", type=int, default=None, choices=SCALES,
                     help="upscaling factor; read from the model or its manifest when omitted (--torch: default 4)")
     ap.add_argument("--weights", default=None, help="--torch: checkpoint (default: the shipped one)")
     ap.add_argument("--tile", type=argtype(parse_window), default=None,
@@ -82,6 +83,8 @@ def parse_args(argv=None):
     args = ap.parse_args(argv)
     if not args.inputs:
         ap.error("give at least one input image, folder or video")
+    if args.benchmark < 0:
+        ap.error(f"--benchmark takes a number of runs (1 or more, or 0 for none), not {args.benchmark}")
     return args
 
 
@@ -202,8 +205,10 @@ def check_tile(job: Job, h: int, w: int, src: Path):
 def benchmark(up: Upscaler, src: Path, runs: int, backend, model_desc: str):
     if src.suffix.lower() in VIDEO_EXTENSIONS:
         frame = next(iter(read_frames(src)))
-    else:
+    elif src.suffix.lower() in IMAGE_EXTENSIONS:
         frame = load_image(src).rgb
+    else:
+        raise InputError(f"{src}: unsupported format {src.suffix or '(no extension)'}")
     report = {"model": model_desc, "backend": backend.name, **time_frames(up, frame, runs)}
     print(json.dumps(report, indent=2))
 
@@ -225,11 +230,18 @@ def main(argv=None) -> int:
     if args.tile is not None and not args.torch and window.tile != (entry.tile if found else None):
         desc += f"; --tile {'whole frame' if window.tile is None else format_tile(window.tile)}"
     items = collect(args.inputs)
+    if not items:
+        print(f"error: no images or videos in {', '.join(args.inputs)}", file=sys.stderr)
+        return 1
     if args.benchmark:
-        if not items or not items[0][0].is_file():
+        if not items[0][0].is_file():
             print(f"error: {args.inputs[0]}: no such file to benchmark", file=sys.stderr)
             return 2
-        benchmark(up, items[0][0], args.benchmark, backend, desc)
+        try:
+            benchmark(up, items[0][0], args.benchmark, backend, desc)
+        except (InputError, ImageError, VideoError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         return 0
     print(f"running {backend.name}: {desc}", file=sys.stderr)
     inputs = {src.resolve() for src, _ in items if src.exists()}
@@ -248,6 +260,8 @@ def main(argv=None) -> int:
                 raise InputError(f"{src}: unsupported format {ext or '(no extension)'}; images: "
                                  f"{' '.join(IMAGE_EXTENSIONS)}; videos: {' '.join(VIDEO_EXTENSIONS)}")
             dst = output_path(args, src, rel, backend.scale, single)
+            if ext in VIDEO_EXTENSIONS and dst.suffix.lower() not in VIDEO_EXTENSIONS:
+                raise InputError(f"{dst}: a video's output must be a video file ({' '.join(VIDEO_EXTENSIONS)})")
             if dst.resolve() in inputs:
                 raise InputError(f"{dst}: output would overwrite an input; choose another --out")
             work = process_video if ext in VIDEO_EXTENSIONS else process_image

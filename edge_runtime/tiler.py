@@ -68,6 +68,8 @@ class Tiler:
                  pad_small: bool = True, pad_mode: str = PAD_MODE):
         self.scale, self.tile, self.margin, self.pad_small = scale, tile, margin, pad_small
         self.pad_mode = check_pad_mode(pad_mode)   # checked now, not at the first small frame
+        if margin < 0:
+            raise ValueError(f"the context margin must be 0 or more pixels, not {margin}")
         if tile is not None:
             for t in tile:
                 if t <= 2 * margin:

@@ -81,10 +81,14 @@ class VideoWriter:
     def __enter__(self):
         import av
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.container = av.open(str(self.tmp), mode="w")
-        if self.audio_from is not None:
-            self.source = av.open(str(self.audio_from))
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.container = av.open(str(self.tmp), mode="w")
+            if self.audio_from is not None:
+                self.source = av.open(str(self.audio_from))
+        except (OSError, ValueError, av.FFmpegError) as exc:   # a folder that is a file, an unknown container
+            self.__exit__(type(exc), exc, None)
+            raise VideoError(f"{self.path}: cannot write a video here ({exc})") from None
         return self
 
     def _copy_audio(self):

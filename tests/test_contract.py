@@ -136,6 +136,12 @@ def test_manifest_written_before_versions_reads_and_round_trips(tmp_path):
     (lambda d: d["artifacts"][1].update(tile=[24]), "not \\[height, width\\]"),
     (lambda d: d["artifacts"][1].update(file="../m_int8.tflite"), "not a plain name"),
     (lambda d: d["artifacts"][0].pop("format"), "needs file, format and precision"),
+    (lambda d: d["model"].update(scale=True), "scale \\(positive integer\\)"),
+    (lambda d: d["artifacts"][1].update(tile=[True, True]), "not \\[height, width\\]"),
+    (lambda d: d["artifacts"][1].update(size_bytes="big"), "size_bytes 'big' is not a byte count"),
+    (lambda d: d["artifacts"][1].update(sha256=12345), "sha256 12345 is not a hex digest"),
+    (lambda d: d["artifacts"][1].update(check=[1, 2]), "check \\[1, 2\\] is not an object"),
+    (lambda d: d["artifacts"][1].update(dynamic_shape="no"), "dynamic_shape 'no' is not true or false"),
 ])
 def test_manifest_breaking_the_schema_is_named(tmp_path, change, message):
     import copy
@@ -190,3 +196,5 @@ def test_manifest_tool_prints_a_table_or_one_line_error(tmp_path):
     assert "| m_int8_qat.tflite | int8 (qat) | 24x32 | 0.00 MB |" in proc.stdout and "| m_fp16.mlpackage | fp16_w8" in proc.stdout
     proc = run_tool("edge_runtime/manifest.py", tmp_path / "none", check=False)
     assert proc.returncode == 2 and "no manifest.json" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_tool("edge_runtime/manifest.py", tmp_path, "--md", tmp_path / "manifest.json" / "table.md", check=False)
+    assert proc.returncode == 2 and "cannot write" in proc.stderr and "Traceback" not in proc.stderr

@@ -70,6 +70,38 @@ def test_truncated_png_is_an_error(tmp_path):
         load_image(tmp_path / "t.png")
 
 
+def test_bilevel_and_float_images_keep_their_brightness(tmp_path):
+    g = _photo()[..., 0]
+    Image.fromarray(g > 127).save(tmp_path / "bw.png")   # mode "1"
+    Image.fromarray((g / 255.0).astype(np.float32), "F").save(tmp_path / "unit.tif")
+    Image.fromarray(g.astype(np.float32), "F").save(tmp_path / "levels.tif")
+    bw = load_image(tmp_path / "bw.png")
+    assert bw.gray and np.array_equal(bw.rgb[..., 0], (g > 127).astype(np.float32))
+    for name in ("unit.tif", "levels.tif"):
+        img = load_image(tmp_path / name)
+        assert img.gray and np.allclose(img.rgb[..., 0] * 255, g, atol=0.01), name
+
+
+def test_cut_animation_and_oversized_header_are_image_errors(tmp_path):
+    import struct
+    import zlib
+
+    path, _ = _animation(tmp_path, "gif")
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * 0.7)])
+    with pytest.raises(ImageError, match="anim.gif"):
+        frame_count(path)
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    huge = tmp_path / "huge.png"   # a valid header that claims 30000 x 30000 pixels
+    huge.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 90001)) + chunk(b"IEND", b""))
+    for read in (load_image, frame_count, load_frames):
+        with pytest.raises(ImageError, match="huge.png"):
+            read(huge)
+
+
 def test_failed_write_leaves_nothing(tmp_path):
     bad = LoadedImage(np.zeros((4, 4, 5), np.float32))   # five channels: Pillow refuses
     with pytest.raises(Exception):

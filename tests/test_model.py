@@ -79,6 +79,25 @@ def test_corrupt_and_foreign_checkpoints_are_clear_errors(tmp_path):
         load_checkpoint(foreign)
 
 
+@pytest.mark.parametrize("damage,message", [
+    (lambda b: b.pop("variant"), "'variant' is missing"),
+    (lambda b: b.update(scale="4"), "'scale' is missing or not int"),
+    (lambda b: b.pop("upsample_order"), "'upsample_order' is missing"),
+    (lambda b: b.update(state_dict="weights"), "'state_dict' is missing or not dict"),
+    (lambda b: b.update(variant="99x"), "unknown variant '99x'"),
+    (lambda b: b["state_dict"].pop("head.weight"), "Missing key.*head.weight"),
+    (lambda b: b["state_dict"].update({"head.weight": torch.zeros(1)}), "size mismatch for head.weight"),
+])
+def test_checkpoint_with_wrong_contents_is_a_clear_error(tmp_path, damage, message):
+    path = save_checkpoint(tmp_path / "w.pt", build_model("32s", 4))
+    blob = torch.load(path, weights_only=False)
+    damage(blob)
+    torch.save(blob, path)
+    with pytest.raises(CheckpointError, match=message) as info:
+        load_checkpoint(path)
+    assert str(info.value).startswith(str(path)) and "\n" not in str(info.value)
+
+
 @pytest.mark.parametrize("form", ["affine", "sub"])
 def test_decomposed_prelu_graph_equals_the_model(form):
     from drsan_kit.converters.export import DecomposedPReLU, deploy_model

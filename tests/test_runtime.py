@@ -149,6 +149,45 @@ def test_truncated_video_leaves_no_output(onnx_artifacts, tmp_path):
     assert not out.exists() or not any(out.rglob("*"))
 
 
+def test_empty_folder_and_wrong_video_outputs_are_one_line_errors(onnx_artifacts, tmp_path):
+    model = _onnx(onnx_artifacts)
+    (tmp_path / "empty").mkdir()
+    proc = run_tool("edge_runtime/run.py", "--onnx", model, tmp_path / "empty", "--out", tmp_path / "o", check=False)
+    assert proc.returncode == 1 and "no images or videos in" in proc.stderr
+    src = tmp_path / "clip.mp4"
+    _write_video(src, frames=2)
+    for out, message in [(tmp_path / "clip_x4.png", "must be a video file"),
+                         (tmp_path / "clip_x4.xyz", "must be a video file"),
+                         (src / "clip_x4.mp4", "cannot write a video here")]:
+        proc = run_tool("edge_runtime/run.py", "--onnx", model, src, "--out", out, check=False)
+        assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["clip.mp4", "empty"]
+
+
+def test_bad_benchmark_input_and_flags_are_one_line_errors(onnx_artifacts, tmp_path):
+    model = _onnx(onnx_artifacts)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    proc = run_tool("edge_runtime/run.py", "--onnx", model, bad, "--benchmark", "2", check=False)
+    assert proc.returncode == 1 and "cannot read image" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_tool("edge_runtime/run.py", "--onnx", model, bad, "--benchmark", "-1", check=False)
+    assert proc.returncode == 2 and "--benchmark takes a number of runs" in proc.stderr
+    proc = run_tool("edge_runtime/run.py", "--onnx", model, bad, "--margin", "-1", check=False)
+    assert proc.returncode == 2 and "margin must be 0 or more" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_tool("edge_runtime/run.py", "--onnx", model, bad, "--scale", "0", check=False)
+    assert proc.returncode == 2 and "invalid choice: 0" in proc.stderr
+
+
+def test_bench_refuses_bad_flags_before_timing(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    for args, message in [(["--frame", "abc"], "frame size must look like WxH"),
+                          (["--frame", "16x16", "--artifacts", tmp_path / "none"], "no manifest.json in"),
+                          (["--frame", "16x16", "--weights", bad], "not a readable checkpoint")]:
+        proc = run_tool("edge_runtime/bench.py", *args, "--runs", "1", "--threads", "1", check=False)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
 def test_benchmark_prints_json(onnx_artifacts, photos):
     proc = run_tool("edge_runtime/run.py", "--onnx", _onnx(onnx_artifacts), photos / "a.png", "--benchmark", "2")
     rep = json.loads(proc.stdout)
@@ -308,6 +347,19 @@ def test_video_writer_keeps_odd_sizes(tmp_path, ext):
     with av.open(str(path)) as c:
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     assert len(frames) == 3 and frames[0].shape == (49, 65, 3)
+
+
+def test_video_writer_where_no_file_can_be_is_a_video_error(tmp_path):
+    from fractions import Fraction
+
+    from drsan_kit.edge_runtime.video import VideoError, VideoWriter
+
+    (tmp_path / "file").write_text("x")
+    for path in (tmp_path / "file" / "v.mp4", tmp_path / "v.xyz"):
+        with pytest.raises(VideoError, match="cannot write a video here"):
+            with VideoWriter(path, Fraction(10)):
+                pass
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["file"]
 
 
 def test_odd_video_at_x3_keeps_its_exact_size(tmp_path):

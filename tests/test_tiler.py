@@ -100,6 +100,8 @@ def test_uint8_output_rounds_and_tile_must_exceed_margin():
     assert out.dtype == np.uint8 and (out == 128).all()
     with pytest.raises(ValueError, match="margin"):
         Tiler(2, (8, 8), margin=4)
+    with pytest.raises(ValueError, match="margin must be 0 or more"):
+        Tiler(2, (8, 8), margin=-1)
 
 
 def test_output_memory_is_one_buffer_for_large_frames():

@@ -268,3 +268,10 @@ def test_relative_distillation_trains_and_is_recorded(data, tmp_path):
     assert read_checkpoint(tmp_path / "rel" / "model.pt")["meta"]["training"]["distill_weighting"] == "relative"
     with pytest.raises(SystemExit, match="--distill-weighting relative needs --teacher and --loss l2"):
         train_main(_args(data, tmp_path / "bad", 1, distill_weighting="relative"))
+
+
+def test_damaged_init_from_is_a_one_line_error(data, tmp_path):
+    bad = tmp_path / "cut.pt"
+    bad.write_bytes(b"\x80\x02not a checkpoint")
+    with pytest.raises(SystemExit, match=r"^error: .*cut\.pt"):
+        train_main(_args(data, tmp_path / "out", 1, init_from=bad))
