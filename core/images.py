@@ -1,6 +1,7 @@
 """The one image loader and writer of the kit (numpy + Pillow, no torch).
 
-Reads what users have: PNG, JPEG, BMP, TIFF, WebP, GIF, PPM/PGM, TGA, JPEG 2000, AVIF (Pillow >= 11.3) and HEIC/HEIF (with the `heic` extra, pillow-heif);
+Reads what users have: PNG, JPEG, BMP, TIFF, WebP, GIF, PPM/PGM, TGA, JPEG 2000,
+AVIF (Pillow >= 11.3) and HEIC/HEIF (with the `heic` extra, pillow-heif);
 grayscale, RGBA, palette and CMYK images; EXIF rotation; animated GIF/WebP/PNG and
 multi-page TIFF frame by frame. 16 bits survive for grayscale only: Pillow decodes
 16-bit colour at 8 bits per channel. Models always see RGB float32 in [0, 1];
