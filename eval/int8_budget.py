@@ -51,6 +51,9 @@ def parse_args(argv=None):
                     help="held-out images, the same rule as core/train.py --val-split (default 24)")
     ap.add_argument("--crops", type=int, default=8, help="held-out images to use (default 8)")
     ap.add_argument("--crop-size", type=int, default=96, help="HR centre crop per image, pixels (default 96)")
+    ap.add_argument("--whole", action="store_true",
+                    help="whole held-out images instead of centre crops, flat skies and walls included (where "
+                         "int8 rounding costs the most PSNR); the summary rows only, no per-tensor shares")
     ap.add_argument("--top", type=int, default=15, help="tensors listed one by one (default 15)")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
     ap.add_argument("--out", type=Path, default=None, help="write the report here (Markdown) as well")
@@ -58,7 +61,8 @@ def parse_args(argv=None):
 
 
 def held_out_pairs(args):
-    """Held-out (LR, HR) crops of --data, and the LR crops as one tensor (N, 3, h, w) in [0, 1]."""
+    """Held-out (LR, HR) crops (or, with --whole, images) of --data, and the LR inputs: a list of
+    (N, 3, h, w) tensors in [0, 1], one batch of all crops or one tensor per whole image."""
     import torch
 
     from ..core.holdout import holdout_pairs, split_holdout
@@ -71,14 +75,24 @@ def held_out_pairs(args):
         raise EvalError(str(exc)) from None
     if args.crops < 1 or args.crop_size < 8 * args.scale:
         raise EvalError(f"--crops must be >= 1 and --crop-size >= {8 * args.scale} at x{args.scale}")
+    if args.whole:
+        pairs = holdout_pairs(held, args.scale)[: args.crops]
+        return pairs, [_as_input(p.lr[None]) for p in pairs]
     pairs = [p for p in holdout_pairs(held, args.scale, args.crop_size)
              if p.hr.shape[:2] == (args.crop_size // args.scale * args.scale,) * 2][: args.crops]
     if not pairs:
         raise EvalError(f"no held-out image of {args.data} has a {args.crop_size}px crop")
-    return pairs, torch.from_numpy(np.stack([p.lr.transpose(2, 0, 1) for p in pairs]).astype(np.float32) / 255.0)
+    return pairs, [_as_input(np.stack([p.lr for p in pairs]))]
 
 
-def simulation(args, crops):
+def _as_input(lr):
+    """(N, H, W, 3) uint8 -> the (N, 3, H, W) float tensor in [0, 1] the models take."""
+    import torch
+
+    return torch.from_numpy(lr.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
+
+
+def simulation(args, inputs):
     """(int8 simulation with ranges, where the ranges came from)."""
     from ..core import qat
     from ..core.checkpoint import load_checkpoint, resolve_weights
@@ -90,7 +104,7 @@ def simulation(args, crops):
         qat.load_ranges(sim, saved)
         source = f"learned ({blob['meta']['qat'].get('iterations')} QAT iterations)"
     else:
-        qat.load_ranges(sim, {n: list(r) for n, r in qat.recorded_ranges(sim, crops).items()})
+        qat.load_ranges(sim, {n: list(r) for n, r in qat.recorded_ranges(sim, inputs).items()})
         source = "calibrated on the crops (min/max)"
     return sim.eval(), source
 
@@ -155,9 +169,10 @@ def configurations(sim, roles) -> dict[str, object]:
     }
 
 
-def budget(sim, reference, pairs, crops, roles, scale: int):
-    """({row: (error, dPSNR)}, [(error, name, range)] one activation at a time, sorted).
+def budget(sim, reference, pairs, inputs, roles, scale: int, shares: bool = True):
+    """({row: (error, dPSNR)}, [(error, name, range)] one activation at a time, sorted; [] without shares).
 
+    inputs: the LR tensors, one batch of crops or one tensor per whole image (in pairs' order).
     error: MSE against the same weights in float, in 8-bit levels squared;
     dPSNR: PSNR(Y) against HR minus that of `reference` (the float model a user compares with).
     """
@@ -172,23 +187,26 @@ def budget(sim, reference, pairs, crops, roles, scale: int):
         for n, m in parts:
             m.mode = "quantize" if rounded(n, m) else "off"
         with torch.no_grad():
-            return sim(crops)
+            return [sim(x) for x in inputs]
 
-    def mean_psnr(out):
-        sr = out.clamp(0, 1).numpy().transpose(0, 2, 3, 1)
+    def mean_psnr(outs):
+        sr = [o for out in outs for o in out.clamp(0, 1).numpy().transpose(0, 2, 3, 1)]
         return float(np.mean([psnr_y(o, p.hr, shave=scale, gray=p.gray) for o, p in zip(sr, pairs)]))
 
     with torch.no_grad():
-        base = mean_psnr(reference(crops))
+        base = mean_psnr([reference(x) for x in inputs])
     same_float = run(lambda n, m: False)
 
-    def error(out) -> float:
-        return float(((out - same_float) ** 2).mean()) * 255.0**2
+    def error(outs) -> float:
+        squared = sum(float(((o - f) ** 2).sum()) for o, f in zip(outs, same_float))
+        return squared / sum(f.numel() for f in same_float) * 255.0**2
 
     rows = {}
     for label, rounded in configurations(sim, roles).items():
         out = run(rounded)
         rows[label] = (error(out), mean_psnr(out) - base)
+    if not shares:
+        return rows, []
     ranges = qat.ranges(sim)
     alone = [(error(run(lambda n, m, one=name: n == one)), name, ranges.get(name))
              for name, m in parts if not isinstance(m, qat.QuantConv)]
@@ -203,13 +221,16 @@ def psnr_of(mse: float) -> str:
 
 def report(args, source, n_crops, rows, alone, roles, prov) -> str:
     total = sum(e for e, _, _ in alone) or 1.0
+    what = "whole held-out images" if args.whole else f"held-out crops of {args.crop_size} px (HR)"
     lines = [f"# int8 error budget: DRSAN-{args.variant} x{args.scale}", "", provenance.markdown(prov),
-             f"Weights: {args.weights or 'shipped float'}; ranges {source}. {n_crops} held-out crops of "
-             f"{args.crop_size} px (HR) from `{provenance.relative(args.data)}` (--val-split {args.val_split}).",
+             f"Weights: {args.weights or 'shipped float'}; ranges {source}. {n_crops} {what} "
+             f"from `{provenance.relative(args.data)}` (--val-split {args.val_split}).",
              "Error: mean squared difference from the same weights in float, in 8-bit levels squared. "
-             f"dPSNR: PSNR(Y) against HR on the same crops, minus that of {args.reference or 'the shipped float model'}.",
+             f"dPSNR: PSNR(Y) against HR on the same images, minus that of {args.reference or 'the shipped float model'}.",
              "", "| rounded | error | fidelity | dPSNR |", "|---|---|---|---|"]
     lines += [f"| {label} | {e:.4f} | {psnr_of(e)} | {d:+.3f} dB |" for label, (e, d) in rows.items()]
+    if not alone:
+        return "\n".join(lines + ["", "Per-tensor shares: run on crops (without --whole)."]) + "\n"
     lines += ["", f"One activation at a time (everything else in float), summed: {total:.4f}. Shares of that sum:",
               "", "| part of the network | share |", "|---|---|"]
     by_role: dict[str, float] = {}
@@ -237,10 +258,10 @@ def main(argv=None):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    pairs, crops = held_out_pairs(args)
-    sim, source = simulation(args, crops)
+    pairs, inputs = held_out_pairs(args)
+    sim, source = simulation(args, inputs)
     roles = tensor_roles(sim)
-    rows, alone = budget(sim, reference_model(args), pairs, crops, roles, args.scale)
+    rows, alone = budget(sim, reference_model(args), pairs, inputs, roles, args.scale, shares=not args.whole)
     text = report(args, source, len(pairs), rows, alone, roles, provenance.header(argv))
     print(text, end="")
     if args.out:

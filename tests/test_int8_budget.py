@@ -51,3 +51,15 @@ def test_a_missing_folder_is_one_line_and_exit_2(tmp_path):
     proc = run_tool("eval/int8_budget.py", "--data", tmp_path / "nope", check=False)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "nope" in proc.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_whole_images_give_the_summary_rows_only(photos, tmp_path):
+    out = tmp_path / "whole.md"
+    run_tool("eval/int8_budget.py", "--scale", "4", "--weights", SHIPPED_X4.with_name("drsan_32s_x4_qat.pt"),
+             "--data", photos, "--val-split", "2", "--crops", "2", "--whole", "--threads", "1", "--out", out)
+    text = out.read_text()
+    assert "2 whole held-out images" in text and "Per-tensor shares: run on crops" in text
+    rows = dict(re.findall(r"^\| ([^|]+) \| ([\d.]+) \| [\d.]+ dB \| [-+][\d.]+ dB \|$", text, flags=re.M))
+    everything = float(rows["every tensor and weight rounded"])
+    assert everything > float(next(v for k, v in rows.items() if k.startswith("all but the direct path"))) > 0
+    assert not _shares(text)
