@@ -166,6 +166,9 @@ def configurations(sim, roles) -> dict[str, object]:
         "weights only": lambda n, m: isinstance(m, qat.QuantConv),
         "all but the direct path (head, skip head, tail, skip sum, upsampler and output convs, output image) rounded":
             lambda n, m: n not in direct and not re.fullmatch(DIRECT_CONVS, n),
+        # what a graph that kept the image content off those tensors could reach: its convs' weights stay int8
+        "every weight, and every activation but the direct path's, rounded":
+            lambda n, m: isinstance(m, qat.QuantConv) or n not in direct,
     }
 
 

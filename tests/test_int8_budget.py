@@ -62,4 +62,5 @@ def test_whole_images_give_the_summary_rows_only(photos, tmp_path):
     rows = dict(re.findall(r"^\| ([^|]+) \| ([\d.]+) \| [\d.]+ dB \| [-+][\d.]+ dB \|$", text, flags=re.M))
     everything = float(rows["every tensor and weight rounded"])
     assert everything > float(next(v for k, v in rows.items() if k.startswith("all but the direct path"))) > 0
+    assert everything > float(rows["every weight, and every activation but the direct path's, rounded"]) > 0
     assert not _shares(text)
