@@ -383,7 +383,6 @@ def train(args, argv=None):
         torch.set_num_threads(args.threads)
     log = print if rank == 0 else (lambda *a, **k: None)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(args.seed)   # same initial weights for the same --seed
     random.seed(args.seed)
@@ -392,6 +391,7 @@ def train(args, argv=None):
     # --init-from its weights, a QAT one its int8 ranges
     source = resume if resume.is_file() else args.init_from
     start = read_checkpoint(source) if source else None
+    out.mkdir(parents=True, exist_ok=True)   # only now: a damaged --init-from leaves nothing behind
     model = build_model(args.variant, args.scale, skip_head=bool(start and start.get("skip_head", False)))
     # fused Adam: one kernel per step instead of several per tensor (the model has ~100 small tensors)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8,

@@ -275,3 +275,4 @@ def test_damaged_init_from_is_a_one_line_error(data, tmp_path):
     bad.write_bytes(b"\x80\x02not a checkpoint")
     with pytest.raises(SystemExit, match=r"^error: .*cut\.pt"):
         train_main(_args(data, tmp_path / "out", 1, init_from=bad))
+    assert not (tmp_path / "out").exists()
