@@ -369,6 +369,11 @@ def main(argv=None):
 
 def train(args, argv=None):
     """One training run (resumed from args.out/last.pt when there is one)."""
+    # flags that cannot go together fail before anything is read or written
+    if args.qat and args.ema:
+        raise TrainingError("--qat and --ema cannot be combined")
+    if args.distill_weighting != "uniform" and not (args.teacher and args.loss == "l2"):
+        raise TrainingError("--distill-weighting relative needs --teacher and --loss l2")
     args.lr = scaled_lr(args.lr, args.lr_scaling, args.batch * int(os.environ.get("WORLD_SIZE", "1")))
     ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank = int(os.environ.get("RANK", "0"))
@@ -426,10 +431,6 @@ def train(args, argv=None):
     layout = memory_format(args, device)
     model.to(device, memory_format=layout).train()
     net = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
-    if args.qat and args.ema:
-        raise TrainingError("--qat and --ema cannot be combined")
-    if args.distill_weighting != "uniform" and not (args.teacher and args.loss == "l2"):
-        raise TrainingError("--distill-weighting relative needs --teacher and --loss l2")
     ema = ema_of(model, args.ema, ema_saved) if args.ema else None
     # what validation measures and model.pt ships: the average when there is one
     shipped = ema.module if ema is not None else model

@@ -268,6 +268,7 @@ def test_relative_distillation_trains_and_is_recorded(data, tmp_path):
     assert read_checkpoint(tmp_path / "rel" / "model.pt")["meta"]["training"]["distill_weighting"] == "relative"
     with pytest.raises(SystemExit, match="--distill-weighting relative needs --teacher and --loss l2"):
         train_main(_args(data, tmp_path / "bad", 1, distill_weighting="relative"))
+    assert not (tmp_path / "bad").exists()
 
 
 def test_damaged_init_from_is_a_one_line_error(data, tmp_path):
