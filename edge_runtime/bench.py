@@ -35,15 +35,20 @@ from ..core import provenance
 from ..core.atomic import atomic_path
 
 
-def frame_size(text: str) -> str:
-    """--frame WxH, checked; the report keeps it as text."""
+def frame_dims(text: str) -> tuple[int, int]:
+    """"WxH" -> (w, h), both positive; ValueError naming the problem otherwise."""
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise ValueError(f"frame size must look like WxH (e.g. 1280x720), not {text!r}") from None
     if w < 1 or h < 1:
         raise ValueError(f"frame sizes must be positive, not {text!r}")
-    return f"{w}x{h}"
+    return w, h
+
+
+def frame_size(text: str) -> str:
+    """--frame WxH, checked; the report keeps it as text."""
+    return "{}x{}".format(*frame_dims(text))
 
 
 def test_frame(size: str, photo_name: str = "astronaut") -> np.ndarray:
@@ -53,7 +58,7 @@ def test_frame(size: str, photo_name: str = "astronaut") -> np.ndarray:
 
     from ..core.imresize import imresize
 
-    w, h = (int(v) for v in size.split("x"))
+    w, h = frame_dims(size)
     photo = getattr(data, photo_name)()
     return imresize(photo.astype(np.float32) / 255.0, output_shape=(h, w)).clip(0, 1).astype(np.float32)
 
