@@ -3,15 +3,20 @@
 Reads what users have: PNG, JPEG, BMP, TIFF, WebP, GIF, PPM/PGM, TGA, JPEG 2000,
 AVIF (Pillow >= 11.3) and HEIC/HEIF (with the `heic` extra, pillow-heif);
 grayscale, RGBA, palette and CMYK images; EXIF rotation; animated GIF/WebP/PNG and
-multi-page TIFF frame by frame. 16 bits survive for grayscale only: Pillow decodes
-16-bit colour at 8 bits per channel. Models always see RGB float32 in [0, 1];
+multi-page TIFF frame by frame. 16 bits survive: grayscale through Pillow, colour
+PNG and TIFF (with or without alpha) through OpenCV and tifffile, the `sixteen-bit`
+extra; without it Pillow reads 16-bit colour at 8 bits per channel, and an image
+written from it has 8. Models always see RGB float32 in [0, 1];
 what the file was (gray, alpha, bit depth) travels beside it so the writer can
 give back the same kind of image. Writers go through a temporary file and a
 rename, so a failure never leaves a half-written file.
 """
 from __future__ import annotations
 
+import io
 import os
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -60,6 +65,7 @@ class LoadedImage:
     gray: bool = False               # the file was single-channel
     bit_depth: int = 8               # 8 or 16
     icc: bytes | None = None         # the file's colour profile (e.g. Display P3 from a phone), written back
+    note: str | None = None          # what reading lost, for the user (16-bit colour read at 8 bits)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -89,14 +95,65 @@ def _existing(path) -> Path:
     return path
 
 
+def _sixteen_bit_colour(im: Image.Image) -> bool:
+    """Whether Pillow is about to decode 16-bit colour samples (which it keeps at 8 bits)."""
+    if not im.tile:
+        return False
+    args = im.tile[0].args
+    rawmode = args if isinstance(args, str) else args[0] if args else ""
+    return isinstance(rawmode, str) and rawmode.startswith(("RGB;16", "RGBA;16", "RGBX;16"))
+
+
+# what EXIF orientation asks for, as numpy views of an (H, W, C) array (Pillow's exif_transpose does
+# the same to 8-bit images)
+_ORIENT = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+           5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
+           7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1], 8: lambda a: np.rot90(a, 1)}
+
+
+def _opencv():
+    try:
+        import cv2
+    except ImportError:   # the `sixteen-bit` extra is not installed (or OpenCV cannot load here)
+        return None
+    cv2.setLogLevel(0)   # silent: a damaged file gets the kit's one-line error, not OpenCV's warnings
+    return cv2
+
+
+def _load_sixteen_bit_colour(path: Path, im: Image.Image) -> LoadedImage | None:
+    """A 16-bit colour PNG/TIFF at 16 bits through OpenCV, upright; None where OpenCV is missing or
+    reads it otherwise (Pillow then decodes it at 8 bits)."""
+    cv2 = _opencv()
+    if cv2 is None:
+        return None
+    arr = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None or arr.dtype != np.uint16 or arr.ndim != 3 or arr.shape[2] not in (3, 4) \
+            or arr.shape[:2] != (im.height, im.width):
+        return None
+    arr = _ORIENT.get(im.getexif().get(0x0112), lambda a: a)(arr)
+    rgb = _to_float(np.ascontiguousarray(arr[..., 2::-1]), 16)
+    alpha = _to_float(np.ascontiguousarray(arr[..., 3]), 16) if arr.shape[2] == 4 else None
+    return LoadedImage(rgb, alpha, False, 16, im.info.get("icc_profile") or None)
+
+
 def load_image(path: str | os.PathLike) -> LoadedImage:
     """Decode an image file fully; raise ImageError naming the file on any problem."""
     path = _existing(path)
     try:
         with Image.open(path) as im:
+            deep = _sixteen_bit_colour(im)   # asked before load(), which clears what it reads
+            # Pillow decodes in full first: a damaged file fails here with one line, where OpenCV's
+            # decoders would print their own messages
             im.load()
+            if deep:
+                img = _load_sixteen_bit_colour(path, im)
+                if img is not None:
+                    return img
             im = ImageOps.exif_transpose(im)
             img = _decode(im)
+            if deep:
+                img.note = "16-bit colour read at 8 bits per channel" + (
+                    " (pip install 'drsan-edge-kit[sixteen-bit]' keeps 16)" if _opencv() is None else "")
             # a profile describes the file's own colour space; after a CMYK/Lab -> RGB conversion it would lie
             if im.mode in ("RGB", "RGBA", "L", "LA", "P", "PA", "I;16", "I;16B", "I;16L", "I"):
                 img.icc = im.info.get("icc_profile") or None
@@ -271,6 +328,39 @@ class _CountedWrites:
         return getattr(self.fh, name)
 
 
+def _png_with_profile(png: bytes, icc: bytes) -> bytes:
+    """PNG bytes with an iCCP chunk (the colour profile, zlib-compressed) right after IHDR."""
+    data = b"ICC profile\0\0" + zlib.compress(icc)
+    chunk = struct.pack(">I", len(data)) + b"iCCP" + data + struct.pack(">I", zlib.crc32(b"iCCP" + data))
+    end_of_ihdr = 8 + 4 + 4 + 13 + 4   # signature, then IHDR's length, type, 13 data bytes and CRC
+    return png[:end_of_ihdr] + chunk + png[end_of_ihdr:]
+
+
+def _sixteen_bit_colour_bytes(img: LoadedImage, fmt: str) -> bytes | None:
+    """A 16-bit colour image encoded as PNG (OpenCV) or TIFF (tifffile), profile included; None where
+    the image is not 16-bit colour or the `sixteen-bit` extra is missing (then written at 8 bits)."""
+    if img.bit_depth != 16 or img.gray or fmt not in ("PNG", "TIFF"):
+        return None
+    planes = [img.rgb] if img.alpha is None else [img.rgb, img.alpha[..., None]]
+    arr = np.clip(np.round(np.concatenate(planes, axis=2) * 65535.0), 0, 65535).astype(np.uint16)
+    if fmt == "TIFF":
+        try:
+            import tifffile
+        except ImportError:
+            return None
+        buf = io.BytesIO()
+        tifffile.imwrite(buf, arr, photometric="rgb", compression="zlib", iccprofile=img.icc,
+                         extrasamples=["unassalpha"] if img.alpha is not None else None)
+        return buf.getvalue()
+    cv2 = _opencv()
+    if cv2 is None:
+        return None
+    ok, png = cv2.imencode(".png", np.ascontiguousarray(arr[..., [2, 1, 0, 3][: arr.shape[2]]]))
+    if not ok:
+        return None
+    return _png_with_profile(png.tobytes(), img.icc) if img.icc else png.tobytes()
+
+
 def save_image(path: str | os.PathLike, img: LoadedImage | np.ndarray, quality: int = 95, on_write=None) -> Path:
     """Write atomically (temporary file + rename). A bare array is taken as RGB [0, 1] float or uint8.
 
@@ -282,6 +372,16 @@ def save_image(path: str | os.PathLike, img: LoadedImage | np.ndarray, quality: 
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
         raise ImageError(f"{path}: unknown image extension {path.suffix!r}")
+    encoded = _sixteen_bit_colour_bytes(img, fmt)
+    if encoded is not None:
+        try:
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(encoded)
+        except OSError as exc:
+            raise ImageError(f"{path}: cannot write a 16-bit colour image as {fmt} ({exc})") from None
+        if on_write is not None:
+            on_write(len(encoded))
+        return path
     pil = _fit_mode(_pil_image(img), fmt)
     kwargs = {"quality": quality} if fmt in ("JPEG", "WEBP", "AVIF", "HEIF") else {}
     if img.icc and fmt in _ICC_FORMATS:   # gray stays gray and colour colour, so the profile still fits

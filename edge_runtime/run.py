@@ -131,6 +131,8 @@ def process_image(job: Job, src: Path, dst: Path) -> tuple[int, list[float], flo
         img = load_image(src)
     except ImageError as exc:
         raise InputError(str(exc)) from None
+    if img.note:
+        print(f"note: {src}: {img.note}", file=sys.stderr)
     check_tile(job, img.rgb.shape[0], img.rgb.shape[1], src)
     with tqdm(total=up.windows(*img.rgb.shape[:2]), desc=src.name, unit="tile", leave=False,
               disable=not job.bars) as bar:

@@ -180,3 +180,92 @@ def test_colour_profile_is_kept(tmp_path, ext):
     # a CMYK file's profile describes CMYK: it must not ride along on the RGB it becomes
     Image.fromarray(_photo()).convert("CMYK").save(tmp_path / "c.jpg", icc_profile=icc)
     assert load_image(tmp_path / "c.jpg").icc is None
+
+
+def _colour16(h=20, w=24, channels=3):
+    """A 16-bit colour image whose low bytes matter: neighbouring values differ by less than 1/255."""
+    rng = np.random.default_rng(0)
+    return (rng.integers(0, 65536, size=(h, w, channels)) | 1).astype(np.uint16)
+
+
+@pytest.mark.parametrize("ext,channels", [("png", 3), ("png", 4), ("tif", 3), ("tif", 4)])
+def test_sixteen_bit_colour_keeps_its_low_bytes(tmp_path, ext, channels):
+    cv2 = pytest.importorskip("cv2", reason="the sixteen-bit extra (OpenCV) reads 16-bit colour")
+    tifffile = pytest.importorskip("tifffile", reason="the sixteen-bit extra (tifffile) writes 16-bit TIFF")
+    raw = _colour16(channels=channels)
+    if ext == "png":
+        cv2.imwrite(str(tmp_path / "in.png"), raw[..., [2, 1, 0, 3][:channels]])
+    else:
+        tifffile.imwrite(tmp_path / "in.tif", raw, photometric="rgb", compression="zlib",
+                         extrasamples=["unassalpha"] if channels == 4 else None)
+    img = load_image(tmp_path / f"in.{ext}")
+    assert img.bit_depth == 16 and not img.gray and (img.alpha is not None) == (channels == 4)
+    assert np.array_equal(np.round(img.rgb * 65535).astype(np.uint16), raw[..., :3])
+    for out in ("png", "tif"):
+        save_image(tmp_path / f"out.{out}", img)
+        back = load_image(tmp_path / f"out.{out}")
+        assert back.bit_depth == 16 and np.array_equal(back.rgb, img.rgb)
+        if channels == 4:
+            assert np.array_equal(back.alpha, img.alpha)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_sixteen_bit_colour_is_turned_upright_as_pillow_turns_8_bit(tmp_path, orientation):
+    cv2 = pytest.importorskip("cv2", reason="the sixteen-bit extra (OpenCV) reads 16-bit colour")
+    raw = _colour16(6, 10)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray((raw >> 8).astype(np.uint8)).save(tmp_path / "ref.png", exif=exif)
+    ok, png = cv2.imencode(".png", np.ascontiguousarray(raw[..., ::-1]))
+    # the same EXIF chunk in the 16-bit file: Pillow's eXIf chunk sits before IDAT in both
+    ref = (tmp_path / "ref.png").read_bytes()
+    start = ref.index(b"eXIf") - 4
+    end = start + 12 + int.from_bytes(ref[start:start + 4], "big")
+    png = png.tobytes()
+    (tmp_path / "in.png").write_bytes(png[:33] + ref[start:end] + png[33:])
+    upright = load_image(tmp_path / "in.png")
+    expected = load_image(tmp_path / "ref.png")
+    assert upright.bit_depth == 16 and upright.rgb.shape == expected.rgb.shape
+    assert np.array_equal(to_uint8_floor(upright.rgb), np.round(expected.rgb * 255).astype(np.uint8))
+
+
+def to_uint8_floor(rgb16):
+    return (np.round(rgb16 * 65535).astype(np.uint16) >> 8).astype(np.uint8)
+
+
+def test_sixteen_bit_colour_profile_is_kept(tmp_path):
+    pytest.importorskip("cv2", reason="the sixteen-bit extra (OpenCV) writes 16-bit colour PNG")
+    pytest.importorskip("tifffile", reason="the sixteen-bit extra (tifffile) writes 16-bit TIFF")
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes()
+    img = LoadedImage(_colour16().astype(np.float32) / 65535.0, bit_depth=16, icc=icc)
+    for ext in ("png", "tif"):
+        save_image(tmp_path / f"o.{ext}", img)
+        back = load_image(tmp_path / f"o.{ext}")
+        assert back.icc == icc and back.bit_depth == 16 and np.array_equal(back.rgb, img.rgb)
+        assert Image.open(tmp_path / f"o.{ext}").info.get("icc_profile") == icc
+
+
+def test_damaged_sixteen_bit_colour_png_is_a_one_line_error(tmp_path, capfd):
+    cv2 = pytest.importorskip("cv2", reason="the sixteen-bit extra (OpenCV) reads 16-bit colour")
+    ok, png = cv2.imencode(".png", _colour16(64, 64))
+    (tmp_path / "cut.png").write_bytes(png.tobytes()[: len(png) // 2])
+    with pytest.raises(ImageError, match="cut.png"):
+        load_image(tmp_path / "cut.png")
+    assert capfd.readouterr().err == ""
+
+
+def test_without_the_extra_sixteen_bit_colour_is_read_at_8_bits_and_says_so(tmp_path, monkeypatch):
+    cv2 = pytest.importorskip("cv2", reason="OpenCV writes the 16-bit test file")
+    from drsan_kit.core import images
+
+    raw = _colour16()
+    cv2.imwrite(str(tmp_path / "in.png"), raw[..., ::-1])
+    monkeypatch.setattr(images, "_opencv", lambda: None)
+    img = load_image(tmp_path / "in.png")
+    assert img.bit_depth == 8 and "sixteen-bit" in img.note
+    assert np.array_equal(np.round(img.rgb * 255).astype(np.uint8), (raw >> 8).astype(np.uint8))
+    plain = tmp_path / "plain.png"
+    Image.fromarray(_photo()).save(plain)
+    assert load_image(plain).note is None
