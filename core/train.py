@@ -46,6 +46,7 @@ from .device_sampler import DeviceSampler, image_weights
 from .device_sampler import load_pairs as load_training_pairs
 from .images import list_images
 from .metrics import psnr_y
+from .provenance import usable_cores
 from .model import build_model
 from . import qat
 from .variants import SCALES, VARIANTS
@@ -473,7 +474,7 @@ def train(args, argv=None):
             "memory_format": str(layout), "ema_decay": args.ema or None, "lr_scaling": args.lr_scaling,
             "data_on_device": on_device, "compile": args.compile,
             "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
-            "machine": f"{platform.machine()} {os.cpu_count()} cores", "init_from": args.init_from,
+            "machine": f"{platform.machine()} {usable_cores()} cores", "init_from": args.init_from,
             "init_from_sha256": state.get("origin", {}).get("sha256"),
             "teacher": args.teacher, "distill_weighting": args.distill_weighting if args.teacher else None,
             "command": "python core/train.py " + " ".join(sys.argv[1:]) if argv is None else "main(" + repr(argv) + ")",

@@ -18,7 +18,6 @@ if __name__ == "__main__" and not __package__:   # run by path, e.g. python edge
 
 import argparse
 import json
-import os
 import platform
 import sys
 from pathlib import Path
@@ -154,7 +153,7 @@ def main(argv=None):
         r["speed_vs_torch"] = r["output_mp_per_s"] / ref["output_mp_per_s"]
     report = {"provenance": provenance.header(), "variant": args.variant, "scale": args.scale,
               "frame": args.frame, "threads": threads,
-              "machine": f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()}", "runs": args.runs,
+              "machine": f"{cpu_name()}, {provenance.usable_cores()} cores, {platform.system()}", "runs": args.runs,
               "margin": args.margin, "results": rows}
     table = markdown(report)
     print(table)
