@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +87,14 @@ def _sixteen_bit(im: Image.Image) -> np.ndarray | None:
     return None
 
 
+def _open(path) -> Image.Image:
+    """Image.open without Pillow's two-line decompression-bomb warning for images of 89 to 179 MP,
+    which the kit runs tile by tile like any other; above that Pillow refuses them (a one-line error)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(path)
+
+
 def _existing(path) -> Path:
     path = Path(path)
     if not path.is_file():
@@ -140,7 +149,7 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
     """Decode an image file fully; raise ImageError naming the file on any problem."""
     path = _existing(path)
     try:
-        with Image.open(path) as im:
+        with _open(path) as im:
             deep = _sixteen_bit_colour(im)   # asked before load(), which clears what it reads
             # Pillow decodes in full first: a damaged file fails here with one line, where OpenCV's
             # decoders would print their own messages
@@ -220,7 +229,7 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
 def frame_count(path: str | os.PathLike) -> int:
     """Frames in an image file: above 1 for animated GIF/WebP/PNG and multi-page TIFF."""
     try:
-        with Image.open(_existing(path)) as im:
+        with _open(_existing(path)) as im:
             return int(getattr(im, "n_frames", 1))
     except _READ_ERRORS as exc:
         raise ImageError(f"{path}: cannot read image ({exc})") from None
@@ -230,7 +239,7 @@ def load_frames(path: str | os.PathLike) -> tuple[Iterator[tuple[LoadedImage, in
     """(frames, loop) of an animated image: frames yields (frame, duration in ms), composited as shown."""
     path = _existing(path)
     try:
-        im = Image.open(path)
+        im = _open(path)
     except _READ_ERRORS as exc:
         raise ImageError(f"{path}: cannot read image ({exc})") from None
     loop = int(im.info.get("loop", 0))

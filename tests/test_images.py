@@ -100,6 +100,16 @@ def test_cut_animation_and_oversized_header_are_image_errors(tmp_path):
     for read in (load_image, frame_count, load_frames):
         with pytest.raises(ImageError, match="huge.png"):
             read(huge)
+    # 100 MP: above Pillow's warning size, below its refusal; the kit tiles it like any image, silently
+    large = tmp_path / "large.png"
+    large.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 10000, 10000, 8, 2, 0, 0, 0))
+                      + chunk(b"IEND", b""))
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert frame_count(large) == 1
+    assert not caught
 
 
 def test_failed_write_leaves_nothing(tmp_path):
