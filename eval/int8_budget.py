@@ -54,6 +54,9 @@ def parse_args(argv=None):
     ap.add_argument("--whole", action="store_true",
                     help="whole held-out images instead of centre crops, flat skies and walls included (where "
                          "int8 rounding costs the most PSNR); the summary rows only, no per-tensor shares")
+    ap.add_argument("--artifact", type=Path, default=None,
+                    help="an int8 TFLite file built from --weights (converters/to_tflite.py --qat): run on the same "
+                         "images as the runtime runs it, and compared with the simulation, which it should match")
     ap.add_argument("--top", type=int, default=15, help="tensors listed one by one (default 15)")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
     ap.add_argument("--out", type=Path, default=None, help="write the report here (Markdown) as well")
@@ -156,13 +159,16 @@ def rounded_parts(sim):
             if isinstance(m, (qat.ActQuant, qat.TiedQuant, qat.SigmoidQuant, qat.QuantConv))]
 
 
+ALL_ROUNDED = "every tensor and weight rounded"
+
+
 def configurations(sim, roles) -> dict[str, object]:
     """What is rounded in each row of the summary: a predicate on (name, module)."""
     from ..core import qat
 
     direct = {n for n, r in roles.items() if r in DIRECT_ROLES}
     return {
-        "every tensor and weight rounded": lambda n, m: True,
+        ALL_ROUNDED: lambda n, m: True,
         "weights only": lambda n, m: isinstance(m, qat.QuantConv),
         "all but the direct path (head, skip head, tail, skip sum, upsampler and output convs, output image) rounded":
             lambda n, m: n not in direct and not re.fullmatch(DIRECT_CONVS, n),
@@ -172,10 +178,27 @@ def configurations(sim, roles) -> dict[str, object]:
     }
 
 
-def budget(sim, reference, pairs, inputs, roles, scale: int, shares: bool = True):
+def artifact_outputs(path: Path, pairs, inputs, scale: int, threads: int | None):
+    """The artifact's outputs on the same LR images, shaped like `inputs` (one batch of crops or one
+    tensor per image), each image run whole by the runtime's own backend."""
+    import torch
+
+    from ..edge_runtime.artifact import open_artifact
+    from ..edge_runtime.contract import WHOLE_FRAME
+    from ..edge_runtime.upscaler import Upscaler
+
+    opened = open_artifact(path, scale=scale, window=WHOLE_FRAME, threads=threads or 0)
+    up = Upscaler(opened.backend, window=opened.window)
+    outs = [torch.from_numpy(np.ascontiguousarray(up.frame(p.lr).transpose(2, 0, 1)))[None] for p in pairs]
+    return outs if len(inputs) == len(pairs) else [torch.cat(outs)]
+
+
+def budget(sim, reference, pairs, inputs, roles, scale: int, shares: bool = True, artifact=None):
     """({row: (error, dPSNR)}, [(error, name, range)] one activation at a time, sorted; [] without shares).
 
     inputs: the LR tensors, one batch of crops or one tensor per whole image (in pairs' order).
+    artifact: (label, outputs shaped like inputs) of an int8 file, given a row of its own and one for
+    its difference from the simulation with everything rounded.
     error: MSE against the same weights in float, in 8-bit levels squared;
     dPSNR: PSNR(Y) against HR minus that of `reference` (the float model a user compares with).
     """
@@ -200,14 +223,22 @@ def budget(sim, reference, pairs, inputs, roles, scale: int, shares: bool = True
         base = mean_psnr([reference(x) for x in inputs])
     same_float = run(lambda n, m: False)
 
+    def error_between(outs, others) -> float:
+        squared = sum(float(((o.clamp(0, 1) - f.clamp(0, 1)) ** 2).sum()) for o, f in zip(outs, others))
+        return squared / sum(f.numel() for f in others) * 255.0**2
+
     def error(outs) -> float:
-        squared = sum(float(((o - f) ** 2).sum()) for o, f in zip(outs, same_float))
-        return squared / sum(f.numel() for f in same_float) * 255.0**2
+        return error_between(outs, same_float)
 
     rows = {}
     for label, rounded in configurations(sim, roles).items():
         out = run(rounded)
         rows[label] = (error(out), mean_psnr(out) - base)
+        if artifact is not None and label == ALL_ROUNDED:
+            name, outs = artifact
+            rows[f"{name}: the int8 file, as the runtime runs it"] = (error(outs), mean_psnr(outs) - base)
+            rows[f"{name} against the simulation (error: their difference; dPSNR: file minus simulation)"] = (
+                error_between(outs, out), mean_psnr(outs) - mean_psnr(out))
     if not shares:
         return rows, []
     ranges = qat.ranges(sim)
@@ -264,7 +295,11 @@ def main(argv=None):
     pairs, inputs = held_out_pairs(args)
     sim, source = simulation(args, inputs)
     roles = tensor_roles(sim)
-    rows, alone = budget(sim, reference_model(args), pairs, inputs, roles, args.scale, shares=not args.whole)
+    artifact = None
+    if args.artifact is not None:
+        artifact = (args.artifact.name, artifact_outputs(args.artifact, pairs, inputs, args.scale, args.threads))
+    rows, alone = budget(sim, reference_model(args), pairs, inputs, roles, args.scale, shares=not args.whole,
+                         artifact=artifact)
     text = report(args, source, len(pairs), rows, alone, roles, provenance.header(argv))
     print(text, end="")
     if args.out:

@@ -201,3 +201,15 @@ def test_qat_artifact_carries_the_learned_ranges(qat_checkpoint, tflite_artifact
 
     ptq_file = tflite_artifacts / f"drsan_32s_x4_{CONVERT_TILE}_int8.tflite"
     assert gap(out / entry["file"]) < 0.5 * gap(ptq_file)
+
+    # eval/int8_budget.py --artifact runs the file as the runtime does, beside its simulation: the two
+    # lose about as much against the float weights
+    report = tmp_path / "budget.md"
+    run_tool("eval/int8_budget.py", "--scale", "4", "--weights", qat_checkpoint, "--reference", SHIPPED_X4,
+             "--data", qat_checkpoint.parent.parent / "photos", "--val-split", "2", "--crops", "2", "--whole",
+             "--artifact", out / entry["file"], "--threads", "1", "--out", report)
+    rows = dict(re.findall(r"^\| ([^|]+) \| ([\d.]+) \| [\d.]+ dB \| [-+][\d.]+ dB \|$", report.read_text(), flags=re.M))
+    simulated = float(rows["every tensor and weight rounded"])
+    in_file = float(rows[f"{entry['file']}: the int8 file, as the runtime runs it"])
+    assert 0.5 < in_file / simulated < 2.0
+    assert any(k.startswith(f"{entry['file']} against the simulation") for k in rows)
