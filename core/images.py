@@ -110,7 +110,7 @@ def _sixteen_bit_colour(im: Image.Image) -> bool:
         return False
     args = im.tile[0].args
     rawmode = args if isinstance(args, str) else args[0] if args else ""
-    return isinstance(rawmode, str) and rawmode.startswith(("RGB;16", "RGBA;16", "RGBX;16"))
+    return isinstance(rawmode, str) and rawmode.startswith(("RGB;16", "RGBA;16"))
 
 
 # what EXIF orientation asks for, as numpy views of an (H, W, C) array (Pillow's exif_transpose does
