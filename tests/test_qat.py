@@ -213,3 +213,14 @@ def test_qat_artifact_carries_the_learned_ranges(qat_checkpoint, tflite_artifact
     in_file = float(rows[f"{entry['file']}: the int8 file, as the runtime runs it"])
     assert 0.5 < in_file / simulated < 2.0
     assert any(k.startswith(f"{entry['file']} against the simulation") for k in rows)
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_shipped_qat_checkpoints_carry_ranges_that_fit_their_graph(scale):
+    """What converters/to_tflite.py --qat needs from each shipped QAT checkpoint: the equalized graph
+    (a skip head) and a learned range for every tensor of its simulation."""
+    model, blob = load_checkpoint(SHIPPED_X4.with_name(f"drsan_32s_x{scale}_qat.pt"), "32s", scale)
+    assert model.skip_head is not None
+    sim = qat.prepare(model)
+    qat.load_ranges(sim, blob["meta"]["qat"]["ranges"])   # raises if a tensor has no range or one is unknown
+    assert qat.is_frozen(sim) and blob["meta"]["qat"]["iterations"] > 0
