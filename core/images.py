@@ -219,6 +219,11 @@ def load_rgb_uint8(path: str | os.PathLike) -> np.ndarray:
     return to_uint8(load_image(path).rgb)
 
 
+def to_uint16(x: np.ndarray) -> np.ndarray:
+    """[0, 1] float to uint16 with clipping and rounding (what 16-bit files store)."""
+    return np.clip(np.round(np.asarray(x, dtype=np.float32) * 65535.0), 0, 65535).astype(np.uint16)
+
+
 def to_uint8(x: np.ndarray) -> np.ndarray:
     """[0, 1] float to uint8 with clipping and rounding (the SR protocol's quantization); uint8 passes through."""
     if isinstance(x, np.ndarray) and x.dtype == np.uint8:
@@ -292,7 +297,7 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
 
 def _pil_image(img: LoadedImage) -> Image.Image:
     if img.bit_depth == 16 and img.gray and img.alpha is None:
-        g = np.clip(np.round(img.rgb.mean(axis=2) * 65535.0), 0, 65535).astype(np.uint16)
+        g = to_uint16(img.rgb.mean(axis=2))
         return Image.fromarray(g)  # mode I;16
     rgb = to_uint8(img.rgb)
     if img.gray:
@@ -351,7 +356,7 @@ def _sixteen_bit_colour_bytes(img: LoadedImage, fmt: str) -> bytes | None:
     if img.bit_depth != 16 or img.gray or fmt not in ("PNG", "TIFF"):
         return None
     planes = [img.rgb] if img.alpha is None else [img.rgb, img.alpha[..., None]]
-    arr = np.clip(np.round(np.concatenate(planes, axis=2) * 65535.0), 0, 65535).astype(np.uint16)
+    arr = to_uint16(np.concatenate(planes, axis=2))
     if fmt == "TIFF":
         try:
             import tifffile

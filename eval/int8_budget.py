@@ -224,7 +224,7 @@ def budget(sim, reference, pairs, inputs, roles, scale: int, shares: bool = True
     same_float = run(lambda n, m: False)
 
     def error_between(outs, others) -> float:
-        squared = sum(float(((o.clamp(0, 1) - f.clamp(0, 1)) ** 2).sum()) for o, f in zip(outs, others))
+        squared = sum(float(((o - f) ** 2).sum()) for o, f in zip(outs, others))
         return squared / sum(f.numel() for f in others) * 255.0**2
 
     def error(outs) -> float:
@@ -233,12 +233,14 @@ def budget(sim, reference, pairs, inputs, roles, scale: int, shares: bool = True
     rows = {}
     for label, rounded in configurations(sim, roles).items():
         out = run(rounded)
-        rows[label] = (error(out), mean_psnr(out) - base)
+        score = mean_psnr(out)
+        rows[label] = (error(out), score - base)
         if artifact is not None and label == ALL_ROUNDED:
             name, outs = artifact
-            rows[f"{name}: the int8 file, as the runtime runs it"] = (error(outs), mean_psnr(outs) - base)
+            file_score = mean_psnr(outs)
+            rows[f"{name}: the int8 file, as the runtime runs it"] = (error(outs), file_score - base)
             rows[f"{name} against the simulation (error: their difference; dPSNR: file minus simulation)"] = (
-                error_between(outs, out), mean_psnr(outs) - mean_psnr(out))
+                error_between(outs, out), file_score - score)
     if not shares:
         return rows, []
     ranges = qat.ranges(sim)
