@@ -17,6 +17,10 @@ Quantization modes:
 from its fine-tuned weights with the int8 ranges it learned (converters/qat_ranges.py)
 instead of a calibration, and named *_int8_qat.tflite; the other modes, the check's
 reference and the manifest's model still come from --weights (the float model).
+--stagger K (with --qat): the direct path (skip head, tail and their sum) carried K times,
+each copy shifted by 1/K of an int8 step, for log2(K) more bits where half of the int8 error
+sits (core/stagger.py); the same float function, a little more arithmetic; named
+*_int8_qat_staggerK.tflite.
 In the integer modes PReLU is exported as relu(x) + depthwise1x1(x - relu(x), a)
 (--prelu sub, the default) or depthwise1x1(x, a) + depthwise1x1(relu(x), 1 - a) (--prelu affine):
 the same function, with per-channel slopes, from ops XNNPACK runs in int8.
@@ -42,6 +46,7 @@ from . import common
 from .export import PRELU_FORMS
 from .tflite import build_saved_model, convert_mode, convert_qat, load_qat
 from ..core.equalize import equalize_direct_path
+from ..core.stagger import MAX_COPIES, stagger_direct_path
 from ..edge_runtime.backends import open_backend
 from ..edge_runtime.contract import PRECISIONS, PTQ, QAT, TFLITE_MODES
 
@@ -76,15 +81,30 @@ def main(argv=None):
     ap.add_argument("--qat", default=None, metavar="CKPT",
                     help="build int8/int8_io from this quantization-aware checkpoint (core/train.py --qat) with "
                          "its learned int8 ranges instead of a calibration; written as *_int8_qat.tflite")
+    ap.add_argument("--stagger", type=int, default=1, metavar="K",
+                    help="with --qat: carry the direct path (skip head, tail, their sum) K times, each copy "
+                         "shifted by 1/K of an int8 step, for log2(K) more bits on the tensors that lose the "
+                         "most; the tail conv gets K times its outputs and the first upsampler conv K times its "
+                         f"inputs (1 to {MAX_COPIES}; default 1, off; written as *_int8_qat_staggerK.tflite)")
     ap.add_argument("--threads", type=int, default=0, help="interpreter threads for the check")
     ap.add_argument("--keep-saved-model", action="store_true", help="keep onnx2tf's SavedModel in --out")
     args = ap.parse_args(argv)
     common.quiet_startup(args.verbose)
     if args.qat and args.prelu != "sub":
         ap.error("--qat needs --prelu sub, the spelling fine-tuning simulates")
+    if not 1 <= args.stagger <= MAX_COPIES:
+        ap.error(f"--stagger must be 1 to {MAX_COPIES}")
+    if args.stagger != 1 and not args.qat:
+        ap.error("--stagger needs --qat CKPT: the copies' shifts follow from the checkpoint's learned int8 ranges")
     out = common.prepare_out(args.out)
     model, blob, weights = common.load_reference(args)
     qat_model, qat_ranges_, qat_about = load_qat(args.qat, args) if args.qat else (None, None, None)
+    stagger = None
+    if args.stagger != 1:
+        try:
+            qat_model, qat_ranges_, stagger = stagger_direct_path(qat_model, qat_ranges_, args.stagger)
+        except ValueError as exc:
+            raise common.ConversionError(f"{args.qat}: {exc}") from None
     crops, check_desc = common.check_crops(args.tile, args.check_images)
     calib_images, calib_desc = common.sample_images(args.calib)
     calib_all = common.random_crops(calib_images, args.tile, args.calib_count, seed=common.CALIB_SEED)
@@ -154,7 +174,8 @@ def main(argv=None):
                 raise
             except Exception as exc:   # TensorFlow raises many kinds; one line is enough for the user
                 raise common.ConversionError(f"TFLite {mode} conversion failed: {str(exc).splitlines()[0][:300]}")
-            staged = tmp / f"{stem}_{mode}{'_qat' if qat_summary else ''}.tflite"
+            suffix = ("_qat" + (f"_stagger{args.stagger}" if stagger else "")) if qat_summary else ""
+            staged = tmp / f"{stem}_{mode}{suffix}.tflite"
             staged.write_bytes(blob_bytes)
             print(f"  {mode}{' (QAT ranges)' if qat_summary else ''}: converted in {time.time() - t0:.0f} s, "
                   f"{len(blob_bytes) / 1e6:.2f} MB")
@@ -174,6 +195,7 @@ def main(argv=None):
                 calibration=(None if qat_summary else mode_calib_desc) if spec.integer else None,
                 quantization=(QAT if qat_summary else PTQ) if spec.integer else None,
                 **({"qat": qat_about | {"ranges": qat_summary}} if qat_summary else {}),
+                **({"stagger": stagger} if qat_summary and stagger else {}),
                 prelu=args.prelu if spec.integer else "native",
                 **({"direct_path_equalized": source.skip_head is not None} if spec.integer else {}),
                 converter="onnx2tf (TensorFlow SavedModel) + tf.lite.TFLiteConverter",

@@ -141,6 +141,7 @@ def main(argv=None):
     for art in opened:
         e = art.entry
         name = f"{e.format}-{e.precision}" + ("-qat" if e.quantization == QAT else "") + \
+            (f"-stagger{e.stagger}" if e.stagger > 1 else "") + \
             ("-dynamic" if e.dynamic_shape else "")
         if e.dynamic_shape:
             bench(name + "-full", art.backend, whole, "one-shot, whole frame")

@@ -324,6 +324,14 @@ class ArtifactEntry:
         recorded, which were all PTQ)."""
         return self.extra.get("quantization")
 
+    @property
+    def stagger(self) -> int:
+        """How many staggered copies carry the direct path of an int8 QAT file (core/stagger.py); 1 for
+        every other file. Informational: the file runs the same either way."""
+        about = self.extra.get("stagger")
+        copies = about.get("copies") if isinstance(about, dict) else None
+        return copies if isinstance(copies, int) and not isinstance(copies, bool) and copies > 1 else 1
+
     @classmethod
     def from_dict(cls, d: dict) -> "ArtifactEntry":
         tile = tuple(d["tile"]) if d.get("tile") else None

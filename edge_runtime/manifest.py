@@ -35,7 +35,8 @@ def markdown_table(folder) -> str:
         psnr_cell = f"{c['psnr_vs_reference_db']:.1f} dB" if "psnr_vs_reference_db" in c else "-"
         err = f"{c['max_abs_error']:.5f}" if "max_abs_error" in c else "-"
         size = f"{a.size_bytes / 1e6:.2f} MB" if a.size_bytes is not None else "-"
-        precision = f"{a.precision} ({a.quantization})" if a.quantization else a.precision
+        how_quantized = a.quantization and a.quantization + (f", stagger {a.stagger}" if a.stagger > 1 else "")
+        precision = f"{a.precision} ({how_quantized})" if how_quantized else a.precision
         lines.append(f"| {a.file} | {precision} | {tile} | {size} | {psnr_cell} | {err} | {how} |")
     return "\n".join(lines) + "\n"
 

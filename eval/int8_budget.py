@@ -57,6 +57,10 @@ def parse_args(argv=None):
     ap.add_argument("--artifact", type=Path, default=None,
                     help="an int8 TFLite file built from --weights (converters/to_tflite.py --qat): run on the same "
                          "images as the runtime runs it, and compared with the simulation, which it should match")
+    ap.add_argument("--stagger", type=int, default=1, metavar="K",
+                    help="simulate the graph with the direct path carried K times, staggered by 1/K of an int8 "
+                         "step (core/stagger.py; converters/to_tflite.py --stagger K builds it); needs a --qat "
+                         "checkpoint for --weights (default 1: the plain graph)")
     ap.add_argument("--top", type=int, default=15, help="tensors listed one by one (default 15)")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
     ap.add_argument("--out", type=Path, default=None, help="write the report here (Markdown) as well")
@@ -101,8 +105,16 @@ def simulation(args, inputs):
     from ..core.checkpoint import load_checkpoint, resolve_weights
 
     model, blob = load_checkpoint(resolve_weights(args.weights, args.variant, args.scale), args.variant, args.scale)
-    sim = qat.prepare(model)
     saved = blob.get("meta", {}).get("qat", {}).get("ranges")
+    if args.stagger != 1:
+        if not saved:
+            raise EvalError("--stagger needs a quantization-aware checkpoint (--weights from core/train.py --qat)")
+        from ..core.stagger import stagger_direct_path
+        try:
+            model, saved, _ = stagger_direct_path(model, saved, args.stagger)
+        except ValueError as exc:
+            raise EvalError(str(exc)) from None
+    sim = qat.prepare(model)
     if saved:
         qat.load_ranges(sim, saved)
         source = f"learned ({blob['meta']['qat'].get('iterations')} QAT iterations)"
@@ -259,7 +271,9 @@ def report(args, source, n_crops, rows, alone, roles, prov) -> str:
     total = sum(e for e, _, _ in alone) or 1.0
     what = "whole held-out images" if args.whole else f"held-out crops of {args.crop_size} px (HR)"
     lines = [f"# int8 error budget: DRSAN-{args.variant} x{args.scale}", "", provenance.markdown(prov),
-             f"Weights: {args.weights or 'shipped float'}; ranges {source}. {n_crops} {what} "
+             f"Weights: {args.weights or 'shipped float'}; ranges {source}"
+             + (f"; the direct path carried {args.stagger} times, staggered (--stagger {args.stagger})" if args.stagger != 1 else "")
+             + f". {n_crops} {what} "
              f"from `{provenance.relative(args.data)}` (--val-split {args.val_split}).",
              "Error: mean squared difference from the same weights in float, in 8-bit levels squared. "
              f"dPSNR: PSNR(Y) against HR on the same images, minus that of {args.reference or 'the shipped float model'}.",

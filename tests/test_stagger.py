@@ -1,0 +1,120 @@
+"""Staggered copies of the direct path (core/stagger.py, converters/to_tflite.py --stagger)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import CONVERT_TILE, SHIPPED_X4, run_tool
+from drsan_kit.core import qat
+from drsan_kit.core.checkpoint import load_checkpoint
+from drsan_kit.core.stagger import direct_path_tensors, stagger_direct_path
+
+
+@pytest.fixture(scope="module")
+def x4_qat():
+    model, blob = load_checkpoint(SHIPPED_X4.with_name("drsan_32s_x4_qat.pt"))
+    return model.eval(), blob["meta"]["qat"]["ranges"]
+
+
+def _images(seed=0, shape=(2, 3, 20, 28)):
+    # smooth content plus texture: the direct path spans most of its range
+    g = torch.Generator().manual_seed(seed)
+    base = torch.nn.functional.interpolate(torch.rand(shape[0], 3, 5, 7, generator=g), size=shape[2:], mode="bilinear")
+    return (0.8 * base + 0.2 * torch.rand(shape, generator=g)).clamp(0, 1)
+
+
+def test_stagger_keeps_the_float_function_border_included(x4_qat):
+    model, ranges = x4_qat
+    staggered, new_ranges, about = stagger_direct_path(model, ranges, 2)
+    assert staggered is not model and model.tail.out_channels == 32   # the input model is left alone
+    assert staggered.tail.out_channels == 64 and staggered.skip_head.out_channels == 64
+    assert staggered.upsampler.convs[0].in_channels == 64
+    x = _images()
+    with torch.no_grad():
+        assert torch.allclose(staggered(x), model(x), atol=1e-5)
+    # only the three split tensors change range, each widened by its copies' shifts
+    changed = {n for n in ranges if new_ranges[n] != ranges[n]}
+    assert changed == set(direct_path_tensors(model).values()) == set(about["tensors"])
+    assert all(new_ranges[n][0] < ranges[n][0] and new_ranges[n][1] > ranges[n][1] for n in changed)
+    assert about["sum_stagger_error_steps"] < 0.05
+
+
+@pytest.mark.parametrize("copies", [2, 4])
+def test_staggered_copies_round_the_direct_path_on_a_finer_grid(x4_qat, copies):
+    """With only the three split tensors rounded, K staggered copies cut the rounding error's power
+    by about K squared (one rounding on a K times finer grid); unstaggered copies would not cut it."""
+    model, ranges = x4_qat
+    x = _images(seed=1)
+    with torch.no_grad():
+        want = model(x).clamp(0, 1)
+
+    def error(m, r):
+        sim = qat.prepare(m)
+        qat.load_ranges(sim, r)
+        split = set(direct_path_tensors(model).values())
+        for name, mod in sim.named_modules():
+            if isinstance(mod, (qat.ActQuant, qat.TiedQuant, qat.SigmoidQuant, qat.QuantConv)):
+                mod.mode = "quantize" if name in split else "off"
+        with torch.no_grad():
+            return float(((sim.eval()(x) - want) ** 2).mean())
+
+    plain = error(model, ranges)
+    staggered = error(*stagger_direct_path(model, ranges, copies)[:2])
+    assert staggered < plain / (0.6 * copies**2)
+
+
+def test_stagger_refuses_a_graph_without_a_skip_head():
+    from drsan_kit.core.model import build_model
+
+    model = build_model("32s", 2)
+    with pytest.raises(ValueError, match="skip head"):
+        stagger_direct_path(model, {}, 2)
+
+
+def test_stagger_needs_qat_ranges(tmp_path):
+    proc = run_tool("converters/to_tflite.py", "--variant", "32s", "--scale", "4", "--quant", "int8", "--stagger", "2",
+                    "--out", tmp_path / "out", check=False)
+    assert proc.returncode != 0 and "--stagger needs --qat" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+
+
+def test_staggered_artifact_is_closer_to_the_float_model(tflite_artifacts, tmp_path):
+    """The int8 file built with --stagger 2 from the shipped x4 QAT checkpoint says so in its manifest
+    and follows the float model more closely than the plain QAT file built from the same ranges."""
+    pytest.importorskip("tensorflow")
+    from drsan_kit.edge_runtime.backends.tflite import TFLiteBackend
+
+    ckpt = SHIPPED_X4.with_name("drsan_32s_x4_qat.pt")
+    out = tmp_path / "staggered"
+    for extra in ([], ["--stagger", "2"]):
+        run_tool("converters/to_tflite.py", "--variant", "32s", "--scale", "4", "--tile", CONVERT_TILE,
+                 "--quant", "int8", "--calib-count", "4", "--qat", ckpt, *extra, "--out", out)
+    entries = {e["file"]: e for e in json.loads((out / "manifest.json").read_text())["artifacts"]}
+    plain_file, staggered_file = (f"drsan_32s_x4_{CONVERT_TILE}_int8_qat{s}.tflite" for s in ("", "_stagger2"))
+    assert set(entries) == {plain_file, staggered_file}
+    assert entries[staggered_file]["stagger"]["copies"] == 2 and "stagger" not in entries[plain_file]
+    assert entries[staggered_file]["quantization"] == "qat"
+
+    model, _ = load_checkpoint(SHIPPED_X4)
+    th, tw = (int(v) for v in CONVERT_TILE.split("x"))
+    x = torch.cat([_images(seed=s, shape=(1, 3, th, tw)) for s in range(8)])
+    with torch.no_grad():
+        want = model.eval()(x).clamp(0, 1).numpy().transpose(0, 2, 3, 1)
+    crops = x.numpy().transpose(0, 2, 3, 1)
+
+    def error(name):
+        backend = TFLiteBackend(out / name, threads=1)
+        return float(np.mean((np.stack([backend(c) for c in crops]) - want) ** 2))
+
+    assert error(staggered_file) < 0.9 * error(plain_file)
+
+
+def test_manifest_stagger_field_is_read_defensively():
+    from drsan_kit.edge_runtime.contract import ArtifactEntry
+
+    base = {"file": "m.tflite", "format": "tflite", "precision": "int8", "quantization": "qat"}
+    assert ArtifactEntry.from_dict(base | {"stagger": {"copies": 2}}).stagger == 2
+    for bad in ({"copies": True}, {"copies": "2"}, {"copies": -3}, "2", None, [2]):
+        assert ArtifactEntry.from_dict(base | {"stagger": bad}).stagger == 1
+    assert ArtifactEntry.from_dict(base).stagger == 1
