@@ -112,7 +112,7 @@ def stagger_direct_path(model, ranges: dict[str, list[float]], copies: int = 2):
 
     model: a DRSAN with a skip head (equalized); ranges: its QAT ranges (core/qat.py names), which
     the rewritten graph keeps except for the three split tensors, widened by their copies' shifts.
-    The model is copied, not changed."""
+    The model is copied, not changed; with copies=1 it comes back as it is."""
     if not 1 <= copies <= MAX_COPIES:
         raise ValueError(f"copies must be 1 to {MAX_COPIES}, not {copies}")
     names = direct_path_tensors(model)
