@@ -129,12 +129,9 @@ def _opencv():
     return cv2
 
 
-def _load_sixteen_bit_colour(path: Path, im: Image.Image) -> LoadedImage | None:
-    """A 16-bit colour PNG/TIFF at 16 bits through OpenCV, upright; None where OpenCV is missing or
-    reads it otherwise (Pillow then decodes it at 8 bits)."""
-    cv2 = _opencv()
-    if cv2 is None:
-        return None
+def _load_sixteen_bit_colour(cv2, path: Path, im: Image.Image) -> LoadedImage | None:
+    """A 16-bit colour PNG/TIFF at 16 bits through OpenCV (the `cv2` module), upright; None where
+    OpenCV reads it otherwise (Pillow then decodes it at 8 bits)."""
     arr = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None or arr.dtype != np.uint16 or arr.ndim != 3 or arr.shape[2] not in (3, 4) \
             or arr.shape[:2] != (im.height, im.width):
@@ -154,15 +151,16 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
             # Pillow decodes in full first: a damaged file fails here with one line, where OpenCV's
             # decoders would print their own messages
             im.load()
-            if deep:
-                img = _load_sixteen_bit_colour(path, im)
+            cv2 = _opencv() if deep else None
+            if cv2 is not None:
+                img = _load_sixteen_bit_colour(cv2, path, im)
                 if img is not None:
                     return img
             im = ImageOps.exif_transpose(im)
             img = _decode(im)
             if deep:
                 img.note = "16-bit colour read at 8 bits per channel" + (
-                    " (pip install 'drsan-edge-kit[sixteen-bit]' keeps 16)" if _opencv() is None else "")
+                    " (pip install 'drsan-edge-kit[sixteen-bit]' keeps 16)" if cv2 is None else "")
             # a profile describes the file's own colour space; after a CMYK/Lab -> RGB conversion it would lie
             if im.mode in ("RGB", "RGBA", "L", "LA", "P", "PA", "I;16", "I;16B", "I;16L", "I"):
                 img.icc = im.info.get("icc_profile") or None

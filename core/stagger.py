@@ -24,15 +24,15 @@ import itertools
 import torch
 from torch import nn
 
+from . import qat
+
 MAX_COPIES = 4
 
 
 def direct_path_tensors(model) -> dict[str, str]:
     """The simulated int8 tensors (core/qat.py names) that the copies split: the skip head conv's
     output, the tail conv's and their sum's, by what the traced graph connects."""
-    from . import qat
-
-    sim = qat.prepare(copy.deepcopy(model))
+    sim = qat.prepare(model)   # shares the model's parameters and leaves the model as it was
     modules = dict(sim.named_modules())
 
     def quant_after(node):
@@ -55,12 +55,11 @@ def direct_path_tensors(model) -> dict[str, str]:
 
 
 def _step(lo: float, hi: float) -> float:
-    from .qat import qparams
-
-    return qparams(lo, hi)[0]
+    return qat.qparams(lo, hi)[0]
 
 
-def _widened(r, d: float) -> list[float]:
+def _with_shift(r, d: float) -> list[float]:
+    """Range r widened on both sides by |d|: what copies shifted by -d to +d span."""
     return [r[0] - abs(d), r[1] + abs(d)]
 
 
@@ -76,10 +75,10 @@ def _shifts(ranges: dict, names: dict, copies: int, search: int = 3):
     for j_k, j_t in itertools.product(range(-search, search + 1), repeat=2):
         d_k = d_t = 0.0
         for _ in range(5):
-            s_k = _step(*_widened(ranges[names["skip"]], d_k))
-            s_t = _step(*_widened(ranges[names["tail"]], d_t))
+            s_k = _step(*_with_shift(ranges[names["skip"]], d_k))
+            s_t = _step(*_with_shift(ranges[names["tail"]], d_t))
             d_k, d_t = half * (1 / copies + j_k) * s_k, half * (1 / copies + j_t) * s_t
-        s_sum = _step(*_widened(ranges[names["sum"]], d_k + d_t))
+        s_sum = _step(*_with_shift(ranges[names["sum"]], d_k + d_t))
         phase = ((d_k + d_t) / half / s_sum - 1 / copies) % 1.0
         miss = min(phase, 1.0 - phase)
         key = (round(miss, 3), abs(j_k) + abs(j_t))
@@ -127,9 +126,9 @@ def stagger_direct_path(model, ranges: dict[str, list[float]], copies: int = 2):
     out.tail = _copied_outputs(model.tail, copies, d_t)
     out.upsampler.convs[0] = _averaged_inputs(model.upsampler.convs[0], copies)
     new_ranges = dict(ranges)
-    new_ranges[names["skip"]] = _widened(ranges[names["skip"]], d_k)
-    new_ranges[names["tail"]] = _widened(ranges[names["tail"]], d_t)
-    new_ranges[names["sum"]] = _widened(ranges[names["sum"]], d_k + d_t)
+    new_ranges[names["skip"]] = _with_shift(ranges[names["skip"]], d_k)
+    new_ranges[names["tail"]] = _with_shift(ranges[names["tail"]], d_t)
+    new_ranges[names["sum"]] = _with_shift(ranges[names["sum"]], d_k + d_t)
     about = {"copies": copies, "tensors": sorted(names.values()),
              "shifts": {"skip_head": round(d_k, 6), "tail": round(d_t, 6)},
              "sum_stagger_error_steps": round(miss, 4)}

@@ -330,7 +330,7 @@ class ArtifactEntry:
         every other file. Informational: the file runs the same either way."""
         about = self.extra.get("stagger")
         copies = about.get("copies") if isinstance(about, dict) else None
-        return copies if isinstance(copies, int) and not isinstance(copies, bool) and copies > 1 else 1
+        return copies if _is(copies, int) and copies > 1 else 1
 
     @classmethod
     def from_dict(cls, d: dict) -> "ArtifactEntry":

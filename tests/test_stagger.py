@@ -9,6 +9,7 @@ from conftest import CONVERT_TILE, SHIPPED_X4, run_tool
 from drsan_kit.core import qat
 from drsan_kit.core.checkpoint import load_checkpoint
 from drsan_kit.core.stagger import direct_path_tensors, stagger_direct_path
+from drsan_kit.eval.int8_budget import rounded_parts
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +54,8 @@ def test_staggered_copies_round_the_direct_path_on_a_finer_grid(x4_qat, copies):
         sim = qat.prepare(m)
         qat.load_ranges(sim, r)
         split = set(direct_path_tensors(model).values())
-        for name, mod in sim.named_modules():
-            if isinstance(mod, (qat.ActQuant, qat.TiedQuant, qat.SigmoidQuant, qat.QuantConv)):
-                mod.mode = "quantize" if name in split else "off"
+        for name, mod in rounded_parts(sim):
+            mod.mode = "quantize" if name in split else "off"
         with torch.no_grad():
             return float(((sim.eval()(x) - want) ** 2).mean())
 
