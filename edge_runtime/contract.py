@@ -84,6 +84,31 @@ def window_tile(value: Tile | int | None) -> Tile | None:
     return None if value in (None, WHOLE_FRAME) else tuple(value)
 
 
+MAX_THREADS = 256   # more than any edge CPU has; far more makes interpreters spend minutes creating threads
+
+
+def parse_threads(text: str) -> int:
+    """--threads: 0 (every core) to MAX_THREADS; ValueError naming the problem otherwise."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise ValueError(f"threads must be a whole number, not {text!r}") from None
+    if not 0 <= n <= MAX_THREADS:
+        raise ValueError(f"threads must be 0 (every core) to {MAX_THREADS}, not {n}")
+    return n
+
+
+def parse_count(text: str) -> int:
+    """A count of at least 1 (timed runs, frames, ...); ValueError naming the problem otherwise."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise ValueError(f"expected a whole number, not {text!r}") from None
+    if n < 1:
+        raise ValueError(f"must be 1 or more, not {n}")
+    return n
+
+
 def argtype(parse: Callable[[str], T]) -> Callable[[str], T]:
     """`parse` for argparse's type=: its ValueError becomes argparse's one-line usage error."""
     def wrapped(text: str) -> T:
