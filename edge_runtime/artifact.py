@@ -12,8 +12,8 @@ from pathlib import Path
 
 from .backends import BackendError, open_backend
 from .contract import (DEFAULT_TILE, ArtifactEntry, ManifestError, ModelInfo, Tile, Window, abilities, artifact_entry,
-                       artifact_extensions, backend_spec, choose_window, kind_of_path)
-from .verify import verify_artifact
+                       artifact_extensions, backend_spec, choose_window, format_tile, kind_of_path)
+from .verify import ArtifactError, verify_artifact
 
 
 @dataclass
@@ -56,8 +56,22 @@ def open_artifact(path, kind: str | None = None, scale: int | None = None, windo
         scale = model.scale
     verify_artifact(path, kind, scale)   # a damaged file would crash the interpreter instead of raising
     backend = open_backend(kind, path, threads=threads, scale=scale)
+    _check_entry_shape(path, entry, backend)
     resizable = abilities(backend).resizable
     if window is not None and resizable and backend.input_hw is not None:
         backend.take_any_window()   # the caller's windows (or whole frames) run as they come
     return OpenedArtifact(path, kind, backend, choose_window(backend.input_hw, resizable, window, flexible_default),
                          model, entry)
+
+
+def _check_entry_shape(path: Path, entry: ArtifactEntry | None, backend):
+    """The manifest's tile is what run.py prints and drift records: it must be the model's own input."""
+    listed = tuple(entry.tile) if entry and entry.tile else None
+    actual = tuple(backend.input_hw) if backend.input_hw else None
+    if entry is not None and listed != actual:
+        raise ArtifactError(f"{path}: the manifest says its input is {_shown(listed)}, but the model takes "
+                            f"{_shown(actual)}; the manifest does not describe this file")
+
+
+def _shown(hw: Tile | None) -> str:
+    return format_tile(hw) if hw else "any size"

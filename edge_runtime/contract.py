@@ -4,7 +4,8 @@ backend registry and the manifest.
 
 Standard library only (no numpy, no torch), so that any part of the kit, and the device
 path in particular, can read it. It lives in edge_runtime because that is the part every
-other part already depends on; from the rest of the kit it uses only core/atomic.py.
+other part already depends on; from the rest of the kit it uses only core/atomic.py and the
+variant registry, core/variants.py (plain Python too).
 
 Tiles are LR (height, width) tuples everywhere in code; "HxW" strings are their text form
 on command lines, in file names and in CoreML metadata; manifests store [h, w] lists.
@@ -354,8 +355,7 @@ class ArtifactEntry:
         """How many staggered copies carry the direct path of an int8 QAT file (core/stagger.py); 1 for
         every other file. Informational: the file runs the same either way."""
         about = self.extra.get("stagger")
-        copies = about.get("copies") if isinstance(about, dict) else None
-        return copies if _is(copies, int) and copies > 1 else 1
+        return about.get("copies", 1) if isinstance(about, dict) else 1   # its type: validate_manifest
 
     @classmethod
     def from_dict(cls, d: dict) -> "ArtifactEntry":
@@ -393,39 +393,86 @@ class Manifest:
 
 
 def validate_manifest(d, where: str = MANIFEST_NAME):
-    """Raise ManifestError naming the first thing in `d` (parsed JSON) that breaks the schema."""
+    """Raise ManifestError naming the first thing in `d` (parsed JSON) that breaks the schema or names
+    something this kit does not know (a variant, a precision, a format): a label the runtime would
+    otherwise print, or a model it would run, as if it were true."""
     def bad(what):
         raise ManifestError(f"{where}: {what}")
 
     if not isinstance(d, dict):
         bad("not a JSON object")
     version = d.get("schema_version", 1)
-    if not isinstance(version, int) or version < 1:
+    if not _is(version, int) or version < 1:
         bad(f"schema_version {version!r} is not a positive integer")
     if version > SCHEMA_VERSION:
         bad(f"schema version {version} is newer than this kit reads ({SCHEMA_VERSION}); update the kit")
-    model = d.get("model")
+    _check_model(d.get("model"), bad)
+    if not isinstance(d.get("artifacts", []), list):
+        bad('"artifacts" is not a list')
+    seen = set()
+    for i, a in enumerate(d.get("artifacts", [])):
+        _check_entry(i, a, bad)
+        if a["file"] in seen:
+            bad(f"{a['file']} is listed twice")
+        seen.add(a["file"])
+
+
+def _check_model(model, bad):
+    from ..core.variants import SCALES, VARIANTS
+
     if not isinstance(model, dict) or not isinstance(model.get("variant"), str) \
             or not _positive_int(model.get("scale")):
         bad('"model" needs a variant (text) and a scale (positive integer)')
-    if not isinstance(d.get("artifacts", []), list):
-        bad('"artifacts" is not a list')
-    for i, a in enumerate(d.get("artifacts", [])):
-        if not isinstance(a, dict) or not all(isinstance(a.get(k), str) for k in ("file", "format", "precision")):
-            bad(f"artifact {i} needs file, format and precision (text)")
-        if a["file"] != Path(a["file"]).name or a["file"] in ("", ".", ".."):
-            bad(f"artifact {i}: file {a['file']!r} is not a plain name in the manifest's folder")
-        tile = a.get("tile")
-        if tile is not None and not (isinstance(tile, list) and len(tile) == 2 and all(map(_positive_int, tile))):
-            bad(f"{a['file']}: tile {tile!r} is not [height, width]")
-        for key, kind, what in _ENTRY_TYPES:
-            if a.get(key) is not None and not _is(a[key], kind):
-                bad(f"{a['file']}: {key} {a[key]!r} is not {what}")
+    if model["variant"] not in VARIANTS:
+        bad(f"unknown variant {model['variant']!r} (known: {', '.join(VARIANTS)})")
+    if model["scale"] not in SCALES:
+        bad(f"scale {model['scale']} is not one of {', '.join(map(str, SCALES))}")
+    if not isinstance(model.get("checkpoint", ""), str):
+        bad(f"checkpoint {model['checkpoint']!r} is not a path (text)")
+
+
+def _check_entry(i: int, a, bad):
+    if not isinstance(a, dict) or not all(isinstance(a.get(k), str) for k in ("file", "format", "precision")):
+        bad(f"artifact {i} needs file, format and precision (text)")
+    name = a["file"]
+    if name != Path(name).name or name in ("", ".", ".."):
+        bad(f"artifact {i}: file {name!r} is not a plain name in the manifest's folder")
+    if a["format"] not in artifact_kinds():
+        bad(f"{name}: unknown format {a['format']!r} (known: {', '.join(artifact_kinds())})")
+    if kind_of_path(name) != a["format"]:
+        bad(f"{name}: format {a['format']} does not match the file name (expected {', '.join(BACKENDS[a['format']].extensions)})")
+    p = PRECISIONS.get(a["precision"])
+    if p is None:
+        bad(f"{name}: unknown precision {a['precision']!r} (known: {', '.join(PRECISIONS)})")
+    if a["format"] not in p.formats:
+        bad(f"{name}: precision {p.name} is not built as {a['format']}")
+    tile = a.get("tile")
+    if tile is not None and not (isinstance(tile, list) and len(tile) == 2 and all(map(_positive_int, tile))):
+        bad(f"{name}: tile {tile!r} is not [height, width]")
+    for key, kind, what in _ENTRY_TYPES:
+        if a.get(key) is not None and not _is(a[key], kind):
+            bad(f"{name}: {key} {a[key]!r} is not {what}")
+    how = a.get("quantization")
+    if how is not None and how not in p.quantization:
+        bad(f"{name}: quantization {how!r} is not one of {p.name}'s ({', '.join(p.quantization) or 'none'})")
+    stagger = a.get("stagger")
+    if stagger is not None:
+        if not isinstance(stagger, dict) or how != QAT:
+            bad(f"{name}: stagger is not an object on a QAT file")
+        if not _positive_int(stagger.get("copies")):
+            bad(f"{name}: stagger copies {stagger.get('copies')!r} is not a whole number of copies")
+    for key in _CHECK_NUMBERS:
+        value = (a.get("check") or {}).get(key)
+        if value is not None and not (_is(value, float) or _is(value, int)):
+            bad(f"{name}: check {key} {value!r} is not a number")
 
 
 # optional entry fields: (key, JSON type, what the message calls it); null always passes
 _ENTRY_TYPES = (("sha256", str, "a hex digest (text)"), ("size_bytes", int, "a byte count (integer)"),
-                ("check", dict, "an object"), ("dynamic_shape", bool, "true or false"))
+                ("check", dict, "an object"), ("dynamic_shape", bool, "true or false"),
+                ("qat", dict, "an object"))
+# the converter's check figures that reports format as numbers
+_CHECK_NUMBERS = ("psnr_vs_reference_db", "mean_psnr_vs_reference_db", "max_abs_error")
 
 
 def _is(value, kind: type) -> bool:
@@ -446,6 +493,8 @@ def read_manifest(folder) -> Manifest | None:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ManifestError(f"{path}: unreadable manifest ({exc})") from None
+    except RecursionError:   # nesting deeper than the parser's stack; no manifest is written so
+        raise ManifestError(f"{path}: unreadable manifest (nested too deeply)") from None
     return Manifest.from_dict(data, str(path))
 
 
@@ -461,14 +510,31 @@ def write_manifest(folder, manifest: Manifest) -> Path:
     return path
 
 
+def check_manifest_target(folder, model: ModelInfo) -> Manifest | None:
+    """The folder's manifest, if artifacts of `model` may be added to it; ManifestError otherwise.
+
+    A folder holds the artifacts of one checkpoint: entries of another model (or of other weights of
+    the same one) would be listed under the new model, or dropped while their files stay unchecked,
+    and a damaged manifest would be replaced along with the entries it still protects. Converters
+    call this before converting, so that a refused folder gets no half-listed file."""
+    manifest = read_manifest(folder)
+    if manifest is None:
+        return None
+    old = manifest.model
+    sha, old_sha = model.extra.get("checkpoint_sha256"), old.extra.get("checkpoint_sha256")
+    if (old.variant, old.scale) != (model.variant, model.scale):
+        what = f"DRSAN-{old.variant} x{old.scale}"
+    elif sha and old_sha and sha != old_sha:
+        what = f"other weights ({old.checkpoint or 'a checkpoint'} with SHA-256 {old_sha[:12]}...)"
+    else:
+        return manifest
+    raise ManifestError(f"{Path(folder) / MANIFEST_NAME} lists artifacts of {what}; write DRSAN-{model.variant} "
+                        f"x{model.scale} from {model.checkpoint or 'these weights'} to another output folder")
+
+
 def update_manifest(folder, model: ModelInfo, entries: list[ArtifactEntry]) -> Path:
-    """Merge entries (by file name) into folder/manifest.json."""
-    try:
-        manifest = read_manifest(folder)
-    except ManifestError:
-        manifest = None   # an unusable manifest describes nothing we can keep; the new one replaces it
-    if manifest is None or (manifest.model.variant, manifest.model.scale) != (model.variant, model.scale):
-        manifest = Manifest(model)   # a different model: its old entries would describe other weights
+    """Merge entries (by file name) into folder/manifest.json (see check_manifest_target)."""
+    manifest = check_manifest_target(folder, model) or Manifest(model)
     new = {e.file for e in entries}
     kept = [a for a in manifest.artifacts if a.file not in new]
     merged = Manifest(model, sorted(kept + list(entries), key=lambda a: a.file))

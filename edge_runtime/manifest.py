@@ -32,8 +32,8 @@ def markdown_table(folder) -> str:
         c = a.check
         tile = "x".join(map(str, a.tile)) if a.tile else "dynamic"
         how = "FP16 emulation (estimate)" if c.get("estimate") else "run"
-        psnr_cell = f"{c['psnr_vs_reference_db']:.1f} dB" if "psnr_vs_reference_db" in c else "-"
-        err = f"{c['max_abs_error']:.5f}" if "max_abs_error" in c else "-"
+        psnr_cell = f"{c['psnr_vs_reference_db']:.1f} dB" if c.get("psnr_vs_reference_db") is not None else "-"
+        err = f"{c['max_abs_error']:.5f}" if c.get("max_abs_error") is not None else "-"
         size = f"{a.size_bytes / 1e6:.2f} MB" if a.size_bytes is not None else "-"
         how_quantized = a.quantization and a.quantization + (f", stagger {a.stagger}" if a.stagger > 1 else "")
         precision = f"{a.precision} ({how_quantized})" if how_quantized else a.precision

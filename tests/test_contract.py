@@ -142,6 +142,22 @@ def test_manifest_written_before_versions_reads_and_round_trips(tmp_path):
     (lambda d: d["artifacts"][1].update(sha256=12345), "sha256 12345 is not a hex digest"),
     (lambda d: d["artifacts"][1].update(check=[1, 2]), "check \\[1, 2\\] is not an object"),
     (lambda d: d["artifacts"][1].update(dynamic_shape="no"), "dynamic_shape 'no' is not true or false"),
+    # names the runtime would print or act on as if they were true
+    (lambda d: d["artifacts"][1].update(precision="int4"), "unknown precision 'int4'"),
+    (lambda d: d["artifacts"][1].update(format="zzz"), "unknown format 'zzz'"),
+    (lambda d: d["artifacts"][1].update(format="onnx"), "format onnx does not match the file name"),
+    (lambda d: d["artifacts"][0].update(precision="int8"), "precision int8 is not built as onnx"),
+    (lambda d: d["model"].update(variant="zzz"), "unknown variant 'zzz'"),
+    (lambda d: d["model"].update(scale=5), "scale 5 is not one of"),
+    (lambda d: d["model"].update(checkpoint=5), "checkpoint 5 is not a path"),
+    (lambda d: d["artifacts"].append(dict(d["artifacts"][1], sha256="ff")), "m_int8.tflite is listed twice"),
+    (lambda d: d["artifacts"][1].update(quantization="bogus"), "quantization 'bogus' is not one of int8's"),
+    (lambda d: d["artifacts"][0].update(quantization="ptq"), "not one of fp32's \\(none\\)"),
+    (lambda d: d["artifacts"][2].update(qat="yes"), "qat 'yes' is not an object"),
+    (lambda d: d["artifacts"][2].update(stagger=[2]), "stagger is not an object on a QAT file"),
+    (lambda d: d["artifacts"][1].update(stagger={"copies": 2}), "stagger is not an object on a QAT file"),
+    (lambda d: d["artifacts"][2].update(stagger={"copies": 2.0}), "stagger copies 2.0 is not a whole number"),
+    (lambda d: d["artifacts"][1]["check"].update(psnr_vs_reference_db="44.7"), "psnr_vs_reference_db '44.7' is not a number"),
 ])
 def test_manifest_breaking_the_schema_is_named(tmp_path, change, message):
     import copy
@@ -157,18 +173,31 @@ def test_manifest_breaking_the_schema_is_named(tmp_path, change, message):
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(ManifestError, match="unreadable"):
         read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ManifestError, match="nested too deeply"):
+        read_manifest(tmp_path)
 
 
-def test_update_merges_by_file_and_starts_over_for_another_model(tmp_path):
-    from drsan_kit.edge_runtime.contract import ArtifactEntry, ModelInfo, read_manifest, update_manifest
+def test_update_merges_by_file_and_refuses_another_model_or_a_damaged_manifest(tmp_path):
+    from drsan_kit.edge_runtime.contract import (ArtifactEntry, ManifestError, ModelInfo, check_manifest_target,
+                                                 read_manifest, update_manifest)
 
-    x4, x2 = ModelInfo("32s", 4, "a.pt"), ModelInfo("32s", 2, "b.pt")
+    x4 = ModelInfo("32s", 4, "a.pt", {"checkpoint_sha256": "aa"})
     update_manifest(tmp_path, x4, [ArtifactEntry("b.onnx", "onnx", "fp32"), ArtifactEntry("a.onnx", "onnx", "fp32")])
     update_manifest(tmp_path, x4, [ArtifactEntry("b.onnx", "onnx", "fp32", (8, 8), sha256="ff")])
     m = read_manifest(tmp_path)
     assert [a.file for a in m.artifacts] == ["a.onnx", "b.onnx"] and m.entry("b.onnx").sha256 == "ff"
-    update_manifest(tmp_path, x2, [ArtifactEntry("c.onnx", "onnx", "fp32")])
-    assert [a.file for a in read_manifest(tmp_path).artifacts] == ["c.onnx"]
+    before = (tmp_path / "manifest.json").read_bytes()
+    for other, message in ((ModelInfo("32s", 2, "b.pt"), "lists artifacts of DRSAN-32s x4"),
+                           (ModelInfo("32s", 4, "c.pt", {"checkpoint_sha256": "cc"}), "other weights \\(a.pt")):
+        with pytest.raises(ManifestError, match=message):
+            check_manifest_target(tmp_path, other)
+        with pytest.raises(ManifestError, match=message):
+            update_manifest(tmp_path, other, [ArtifactEntry("c.onnx", "onnx", "fp32")])
+        assert (tmp_path / "manifest.json").read_bytes() == before   # the entries it protects stay
+    (tmp_path / "manifest.json").write_text('{"model": {"variant": "32s", "scale": 4}, "artifacts": [{"file": 1}]}')
+    with pytest.raises(ManifestError, match="needs file, format and precision"):
+        update_manifest(tmp_path, x4, [ArtifactEntry("c.onnx", "onnx", "fp32")])
 
 
 def test_verify_checks_a_file_against_its_typed_entry(tmp_path):
@@ -194,6 +223,11 @@ def test_manifest_tool_prints_a_table_or_one_line_error(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps(OLD_MANIFEST))
     proc = run_tool("edge_runtime/manifest.py", tmp_path)
     assert "| m_int8_qat.tflite | int8 (qat) | 24x32 | 0.00 MB |" in proc.stdout and "| m_fp16.mlpackage | fp16_w8" in proc.stdout
+    data = json.loads(json.dumps(OLD_MANIFEST))
+    data["artifacts"][1]["check"] = {"psnr_vs_reference_db": None, "max_abs_error": None}
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    proc = run_tool("edge_runtime/manifest.py", tmp_path)
+    assert "| m_int8.tflite | int8 | 24x32 | 0.00 MB | - | - | run |" in proc.stdout
     proc = run_tool("edge_runtime/manifest.py", tmp_path / "none", check=False)
     assert proc.returncode == 2 and "no manifest.json" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_tool("edge_runtime/manifest.py", tmp_path, "--md", tmp_path / "manifest.json" / "table.md", check=False)

@@ -112,3 +112,19 @@ def test_damaged_onnx_and_mlpackage_are_refused(onnx_artifacts, tmp_path):
     (pkg / "Manifest.json").write_text("{")
     with pytest.raises(ArtifactError, match="Manifest.json missing or unreadable"):
         verify_artifact(pkg, "coreml")
+
+
+@pytest.mark.parametrize("tile,says", [([64, 64], "64x64"), (None, "any size")])
+def test_manifest_with_another_input_shape_is_refused(tflite_artifacts, tmp_path, image, tile, says):
+    """The manifest's tile is what the runtime reports: an edited one must not pass for the model's."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    shutil.copy(tflite_artifacts / MODEL, folder / MODEL)
+    manifest = json.loads((tflite_artifacts / "manifest.json").read_text())
+    for entry in manifest["artifacts"]:
+        if entry["file"] == MODEL:
+            entry["tile"] = tile
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    proc = _run(folder / MODEL, image, tmp_path / "out")
+    assert proc.returncode == 2 and f"the manifest says its input is {says}" in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()
