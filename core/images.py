@@ -258,6 +258,39 @@ def load_frames(path: str | os.PathLike) -> tuple[Iterator[tuple[LoadedImage, in
     return frames(), loop
 
 
+# animations whose frames Pillow composites onto one canvas: every frame has the canvas's size
+_CANVAS_FORMATS = {"GIF", "PNG", "WEBP", "AVIF"}
+# multi-frame formats whose every page has its own size and mode
+_PAGED_FORMATS = {"TIFF"}
+
+
+def frame_sizes(path: str | os.PathLike) -> list[tuple[int, int]]:
+    """(width, height) of every frame of an image file, from its headers (no pixels are decoded)."""
+    try:
+        with _open(_existing(path)) as im:
+            n = int(getattr(im, "n_frames", 1))
+            if im.format in _CANVAS_FORMATS:
+                return [im.size] * n   # seeking a GIF decodes every frame on the way
+            sizes = []
+            for i in range(n):
+                im.seek(i)
+                sizes.append(im.size)
+            return sizes
+    except _READ_ERRORS as exc:
+        raise ImageError(f"{path}: cannot read image ({exc})") from None
+
+
+def keeps_frame_sizes(path: str | os.PathLike) -> bool:
+    """Whether the format of this file name stores frames of different sizes (multi-page TIFF does; an
+    animation has one canvas)."""
+    return Image.registered_extensions().get(Path(path).suffix.lower()) in _PAGED_FORMATS
+
+
+def format_sizes(sizes: Iterable[tuple[int, int]]) -> str:
+    """Distinct (width, height) sizes in order of appearance, for messages: "32x24, 50x10"."""
+    return ", ".join(f"{w}x{h}" for w, h in dict.fromkeys(sizes))
+
+
 def holds_frames(path: str | os.PathLike) -> bool:
     """Whether the image format of this file name can store several frames (GIF, WebP, PNG, TIFF, ...)."""
     return Image.registered_extensions().get(Path(path).suffix.lower()) in Image.SAVE_ALL
@@ -274,8 +307,12 @@ def save_animation(path: str | os.PathLike, frames: Iterable[tuple[LoadedImage, 
     for img, ms in frames:   # kept as 8-bit Pillow images, not float arrays: 4x less memory per frame
         pils.append(_fit_mode(_pil_image(img), fmt))
         durations.append(ms)
+        if pils[-1].size != pils[0].size and fmt not in _PAGED_FORMATS:
+            # Pillow would crop or pad the frame to the first one's size without a word
+            raise ImageError(f"{path}: frames differ in size ({format_sizes(p.size for p in pils)}), which "
+                             f"one {fmt} animation cannot hold; write them as TIFF, which keeps each page's size")
     modes = {im.mode for im in pils}
-    if len(modes) > 1:       # e.g. a GIF whose later frames gained transparency
+    if len(modes) > 1 and fmt not in _PAGED_FORMATS:   # e.g. a GIF whose later frames gained transparency
         mode = "RGBA" if any(m in ("RGBA", "LA") for m in modes) else "RGB"
         pils = [im.convert(mode) for im in pils]
     kwargs = {"duration": durations, "loop": loop} if fmt in ("GIF", "PNG", "WEBP", "AVIF") else {}

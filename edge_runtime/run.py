@@ -18,6 +18,7 @@ if __name__ == "__main__" and not __package__:   # run by path, e.g. python edge
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -27,13 +28,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..core.images import (IMAGE_EXTENSIONS, ImageError, frame_count, holds_frames, load_frames,
-                           load_image, missing_reader, save_animation, save_image)
+from ..core.images import (IMAGE_EXTENSIONS, ImageError, format_sizes, frame_count, frame_sizes, holds_frames,
+                           keeps_frame_sizes, load_frames, load_image, missing_reader, save_animation, save_image)
 from ..core.variants import SCALES
 from .artifact import open_artifact
 from .backends import BackendError, open_backend
-from .contract import (DEFAULT_MARGIN, DEFAULT_TILE, argtype, artifact_kinds, backend_spec, choose_window,
-                       format_tile, parse_window, window_tile)
+from .contract import (DEFAULT_MARGIN, DEFAULT_TILE, MAX_THREADS, argtype, artifact_kinds, backend_spec, choose_window,
+                       format_tile, parse_margin, parse_threads, parse_window, window_tile)
 from .upscaler import Upscaler, time_frames
 from .video import VIDEO_EXTENSIONS, VideoError, VideoWriter, probe, read_frames
 
@@ -68,10 +69,11 @@ def parse_args(argv=None):
                          "model's own tile). "
                          "By default a frame smaller than the window runs whole. Fixed-shape ONNX and CoreML "
                          "models always use their own input shape")
-    ap.add_argument("--margin", type=int, default=DEFAULT_MARGIN,
+    ap.add_argument("--margin", type=argtype(parse_margin), default=DEFAULT_MARGIN,
                     help=f"context pixels around each window, cropped away (default {DEFAULT_MARGIN})")
-    ap.add_argument("--threads", type=int, default=0,
-                    help="CPU threads for the model (default: every core this process may use)")
+    ap.add_argument("--threads", type=argtype(parse_threads), default=0,
+                    help=f"CPU threads for the model, 1 to {MAX_THREADS}, or 0 for every core this process may use "
+                         "(default 0)")
     ap.add_argument("--out", type=Path, default=Path("results"),
                     help="output folder, or output file for a single input (default ./results)")
     ap.add_argument("--ext", default=None,
@@ -122,6 +124,30 @@ def output_path(args, src: Path, rel: Path, scale: int, single: bool) -> Path:
     return args.out / rel.parent / f"{rel.stem}_x{scale}{ext}"
 
 
+def plan_outputs(args, items: list[tuple[Path, Path]], scale: int, single: bool) -> list[tuple[Path, Path]]:
+    """(input, output) for every input, the same file given twice once; InputError when two inputs would
+    write one output: the second would replace the first without a word, so nothing may run."""
+    plan, claimed = [], {}
+    for src, rel in items:
+        dst = output_path(args, src, rel, scale, single)
+        if src.suffix.lower() not in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS:
+            plan.append((src, dst))   # skipped with its reason later; it writes nothing
+            continue
+        first = claimed.setdefault(_path_key(dst), src)
+        if first is src:
+            plan.append((src, dst))
+        elif _path_key(first) != _path_key(src):
+            raise InputError(f"{first} and {src} would both be written to {dst}; "
+                             "rename one, or run them with different --out folders")
+    return plan
+
+
+def _path_key(path: Path) -> str:
+    """What makes two paths the same file, whether or not it exists yet."""
+    key = os.path.normcase(path.resolve())
+    return key.casefold() if sys.platform == "darwin" else key   # macOS volumes ignore case by default
+
+
 def process_image(job: Job, src: Path, dst: Path) -> tuple[int, list[float], float]:
     up = job.up
     try:
@@ -149,6 +175,10 @@ def process_animation(job: Job, src: Path, dst: Path, n: int) -> tuple[int, list
     """An animated GIF/WebP/PNG or multi-page TIFF of n frames: every frame, same timing and loop, one file out."""
     if not holds_frames(dst):
         raise InputError(f"{src}: has {n} frames, which {dst.suffix} cannot hold; use --ext gif, webp, png or tif")
+    sizes = frame_sizes(src)
+    if len(set(sizes)) > 1 and not keeps_frame_sizes(dst):
+        raise InputError(f"{src}: its pages differ in size ({format_sizes(sizes)}), which one {dst.suffix} "
+                         "animation cannot hold; use --ext tif, which keeps each page's size")
     frames, loop = load_frames(src)
     times, mp = [], 0.0
 
@@ -215,6 +245,37 @@ def benchmark(up: Upscaler, src: Path, runs: int, backend, model_desc: str):
     print(json.dumps(report, indent=2))
 
 
+def describe(args, backend, window, found) -> str:
+    """What runs, for the first line of output: the model, its precision and tile, and any --tile."""
+    if found:
+        model_info, entry = found
+        tile = format_tile(entry.tile) if entry.tile else "dynamic"
+        desc = f"DRSAN-{model_info.variant} x{backend.scale} {entry.precision} (tile {tile}; from manifest.json)"
+    else:
+        desc = f"x{backend.scale}, input {backend.input_hw or 'dynamic'} (no manifest beside the model)"
+    if args.tile is not None and not args.torch and window.tile != (found[1].tile if found else None):
+        desc += f"; --tile {'whole frame' if window.tile is None else format_tile(window.tile)}"
+    return desc
+
+
+def run_one(job: Job, src: Path, dst: Path, inputs: set[Path]) -> tuple[int, list[float], float]:
+    """Super-resolve one input into dst: (frames, ms per frame, output megapixels); InputError if it cannot."""
+    if not src.is_file():
+        raise InputError(f"{src}: no such file")
+    ext = src.suffix.lower()
+    if needs := missing_reader(ext):
+        raise InputError(f"{src}: reading {ext} needs {needs}")
+    if ext not in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS:
+        raise InputError(f"{src}: unsupported format {ext or '(no extension)'}; images: "
+                         f"{' '.join(IMAGE_EXTENSIONS)}; videos: {' '.join(VIDEO_EXTENSIONS)}")
+    if ext in VIDEO_EXTENSIONS and dst.suffix.lower() not in VIDEO_EXTENSIONS:
+        raise InputError(f"{dst}: a video's output must be a video file ({' '.join(VIDEO_EXTENSIONS)})")
+    if dst.resolve() in inputs:
+        raise InputError(f"{dst}: output would overwrite an input; choose another --out")
+    work = process_video if ext in VIDEO_EXTENSIONS else process_image
+    return work(job, src, dst)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
@@ -223,14 +284,7 @@ def main(argv=None) -> int:
     except (BackendError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if found:
-        model_info, entry = found
-        tile = format_tile(entry.tile) if entry.tile else "dynamic"
-        desc = f"DRSAN-{model_info.variant} x{backend.scale} {entry.precision} (tile {tile}; from manifest.json)"
-    else:
-        desc = f"x{backend.scale}, input {backend.input_hw or 'dynamic'} (no manifest beside the model)"
-    if args.tile is not None and not args.torch and window.tile != (entry.tile if found else None):
-        desc += f"; --tile {'whole frame' if window.tile is None else format_tile(window.tile)}"
+    desc = describe(args, backend, window, found)
     items = collect(args.inputs)
     if not items:
         print(f"error: no images or videos in {', '.join(args.inputs)}", file=sys.stderr)
@@ -245,36 +299,27 @@ def main(argv=None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         return 0
-    print(f"running {backend.name}: {desc}", file=sys.stderr)
-    inputs = {src.resolve() for src, _ in items if src.exists()}
     single = len(items) == 1 and not Path(args.inputs[0]).is_dir()
+    try:
+        plan = plan_outputs(args, items, backend.scale, single)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"running {backend.name}: {desc}", file=sys.stderr)
+    inputs = {src.resolve() for src, _ in plan if src.exists()}
     job = Job(up, bars=not args.quiet and sys.stderr.isatty(), explicit_tile=window_tile(args.tile) is not None)
     done, failed, all_ms, total_mp = 0, 0, [], 0.0
     t_start = time.perf_counter()
-    for src, rel in tqdm(items, desc="files", unit="file", disable=not job.bars or len(items) < 2):
+    for src, dst in tqdm(plan, desc="files", unit="file", disable=not job.bars or len(plan) < 2):
         try:
-            if not src.is_file():
-                raise InputError(f"{src}: no such file")
-            ext = src.suffix.lower()
-            if needs := missing_reader(ext):
-                raise InputError(f"{src}: reading {ext} needs {needs}")
-            if ext not in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS:
-                raise InputError(f"{src}: unsupported format {ext or '(no extension)'}; images: "
-                                 f"{' '.join(IMAGE_EXTENSIONS)}; videos: {' '.join(VIDEO_EXTENSIONS)}")
-            dst = output_path(args, src, rel, backend.scale, single)
-            if ext in VIDEO_EXTENSIONS and dst.suffix.lower() not in VIDEO_EXTENSIONS:
-                raise InputError(f"{dst}: a video's output must be a video file ({' '.join(VIDEO_EXTENSIONS)})")
-            if dst.resolve() in inputs:
-                raise InputError(f"{dst}: output would overwrite an input; choose another --out")
-            work = process_video if ext in VIDEO_EXTENSIONS else process_image
-            n, ms, mp = work(job, src, dst)
+            n, ms, mp = run_one(job, src, dst, inputs)
             done += n
             all_ms += ms
             total_mp += mp
             print(f"wrote {dst}", file=sys.stderr)
         except (InputError, ImageError, VideoError) as exc:
             failed += 1
-            print(f"{'skipped' if len(items) > 1 else 'error'}: {exc}", file=sys.stderr)
+            print(f"{'skipped' if len(plan) > 1 else 'error'}: {exc}", file=sys.stderr)
         except BackendError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

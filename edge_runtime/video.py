@@ -5,8 +5,9 @@ with a rotation in their metadata, and the reader applies it, as players do. The
 writer encodes H.264 (webm: VP9) at the source frame rate and at exactly the size
 it is given: in 4:2:0 (yuv420p, what every player plays) when both sides are even,
 else in H.264 4:4:4 (yuv444p), because 4:2:0 H.264 cannot store an odd side (VP9
-can). It copies the source's first audio track unchanged, and writes into a
-temporary file that is renamed into place only when the whole video was written.
+can). It copies the source's first audio track unchanged (encoded again only
+where the container cannot store its codec: AAC into webm becomes Opus), and writes
+into a temporary file that is renamed into place only when the whole video was written.
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from typing import Iterator
 import numpy as np
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v", ".ts", ".mts", ".m2ts", ".3gp")
+# the audio codec a container gets when it cannot store the source's (any other: AAC)
+_AUDIO_CODECS = {".webm": "libopus"}
 
 
 class VideoError(ValueError):
@@ -35,11 +38,9 @@ def probe(path) -> dict:
 
     try:
         with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise VideoError(f"{path}: no video stream")
-            stream = container.streams.video[0]
+            stream = _video_stream(container, path)
             rate = stream.average_rate or stream.guessed_rate or Fraction(25)
-            first = next(container.decode(video=0), None)
+            first = next(container.decode(stream), None)
             turns = _quarter_turns(first) if first is not None else 0
             w, h = (stream.height, stream.width) if turns % 2 else (stream.width, stream.height)
             return {"fps": Fraction(rate), "frames": stream.frames or None, "width": w, "height": h,
@@ -48,34 +49,107 @@ def probe(path) -> dict:
         raise VideoError(f"{path}: cannot read video ({exc.__class__.__name__}: {exc})") from None
 
 
+def _video_stream(container, path):
+    """The first video stream; VideoError telling a file without one from a damaged container."""
+    if container.streams.video:
+        return container.streams.video[0]
+    if container.streams.audio:
+        raise VideoError(f"{path}: no video stream (the file holds only audio)")
+    # an mp4 or mov keeps its index at the end: cut short, it opens with no audio or video stream at all
+    raise VideoError(f"{path}: no audio or video stream found: the file is cut short or damaged")
+
+
 def read_frames(path) -> Iterator[np.ndarray]:
-    """Decoded RGB frames; a stream that breaks off mid-way raises VideoError naming the frame."""
+    """Decoded RGB frames; a stream that breaks off mid-way, or ends clearly before the length its file
+    declares, raises VideoError after the last good frame."""
     import av
 
-    n = 0
+    n, first, end = 0, None, None
     try:
         with av.open(str(path)) as container:
-            for frame in container.decode(video=0):
+            stream = _video_stream(container, path)
+            for frame in container.decode(stream):
                 rgb = frame.to_ndarray(format="rgb24")
                 turns = _quarter_turns(frame)
+                if frame.time is not None:
+                    first = frame.time if first is None else first
+                    end = frame.time + _frame_seconds(frame, stream)
                 yield np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
                 n += 1
+            if end is not None:
+                _check_length(path, stream, n, first, end)
     except av.FFmpegError as exc:
+        if n == 0:
+            raise VideoError(f"{path}: cannot read video ({exc.__class__.__name__}: {exc})") from None
         raise VideoError(f"{path}: video ends early or is corrupt after {n} frames ({exc})") from None
     if n == 0:
-        raise VideoError(f"{path}: no decodable video frames")
+        raise VideoError(f"{path}: no decodable video frames (cut short or damaged?)")
+
+
+def _frame_seconds(frame, stream) -> float:
+    """How long a decoded frame is shown: its own duration when the container stores one, else 1 / fps."""
+    if frame.duration and frame.time_base:
+        return float(frame.duration * frame.time_base)
+    return _interval(stream)
+
+
+def _interval(stream) -> float:
+    return float(1 / (stream.average_rate or stream.guessed_rate or Fraction(25)))
+
+
+def _check_length(path, stream, n: int, first: float, end: float):
+    """VideoError when the frames decoded stop clearly before the end the video track declares.
+
+    A file cut short (a copy or download that stopped) or damaged mid-way usually decodes without any
+    FFmpeg error: the demuxer just stops at the damage. Only the track's own length is trusted: the
+    container's duration also covers audio, which may run longer, and a frame count in the header
+    counts frames that an edit list hides (a stream-copied cut keeps a whole GOP before its start).
+    A complete file ends within a frame of its declared length; the tolerance, more than two frame
+    intervals AND more than a tenth of the length, leaves room for a last frame whose display time the
+    container does not store (variable frame rate) and still catches a file that lost part of its end."""
+    declared = _declared_end(stream, first)
+    if declared is None:
+        return
+    missing = declared - end
+    length = declared - first
+    if missing > max(2 * _interval(stream), 0.1 * length):
+        raise VideoError(f"{path}: video ends early: {n} frames ({end - first:.2f} s) decoded, but the file "
+                         f"declares {length:.2f} s (cut short or damaged)")
+
+
+def _declared_end(stream, first: float) -> float | None:
+    """Where the container says the video track ends (seconds), or None when it does not say."""
+    if stream.duration:
+        start = float(stream.start_time * stream.time_base) if stream.start_time is not None else first
+        return start + float(stream.duration * stream.time_base)
+    # Matroska/WebM keep a track's length in a tag ("00:00:01.200000000"; FFmpeg and mkvmerge write it).
+    # Taken as the end time, not added to the start: for a track that starts late that errs towards
+    # accepting the file, never towards refusing a complete one
+    tag = next((v for k, v in stream.metadata.items() if k.upper().startswith("DURATION")), None)
+    return _clock_seconds(tag) if tag else None
+
+
+def _clock_seconds(text: str) -> float | None:
+    """"HH:MM:SS.fraction" as seconds; None for anything else."""
+    try:
+        h, m, s = text.strip().split(":")
+        return int(h) * 3600 + int(m) * 60 + float(s)
+    except ValueError:
+        return None
 
 
 class VideoWriter:
     """Context manager; on any exception the partial file is removed.
 
-    audio_from: a video whose first audio track is copied (not re-encoded) into the output."""
+    audio_from: a video whose first audio track is copied into the output (re-encoded only where the
+    output container cannot store its codec; `note` then says so)."""
 
     def __init__(self, path, fps: Fraction, codec: str = "libx264", crf: int = 18, audio_from=None):
         self.path, self.fps, self.codec, self.crf = Path(path), fps, codec, crf
         self.tmp = self.path.with_name(f".{self.path.stem}.part{self.path.suffix}")
         self.container = self.stream = None
         self.audio_from, self.source, self.audio = audio_from, None, None
+        self.reencoded = False   # the audio is encoded again instead of copied (see _add_audio)
         self.note = None   # set when the encoding differs from the usual one, and why
 
     def __enter__(self):
@@ -91,12 +165,16 @@ class VideoWriter:
             raise VideoError(f"{self.path}: cannot write a video here ({exc})") from None
         return self
 
-    def _copy_audio(self):
-        """The source's audio packets, shifted so that audio and video start together as in the source."""
-        src_audio = self.source.streams.audio[0]
+    def _audio_shift(self, src_audio) -> int:
+        """Source audio ticks before the first video frame: cut, so that audio and video start together."""
         video = self.source.streams.video[0]
         start = float(video.start_time * video.time_base) if video.start_time is not None else 0.0
-        shift = round(start / src_audio.time_base)
+        return round(start / src_audio.time_base)
+
+    def _copy_audio(self):
+        """The source's audio packets, unchanged but for their shifted timestamps."""
+        src_audio = self.source.streams.audio[0]
+        shift = self._audio_shift(src_audio)
         for packet in self.source.demux(src_audio):
             if packet.pts is None or packet.pts - shift < 0:
                 continue   # flush packets, and audio from before the first video frame
@@ -104,6 +182,46 @@ class VideoWriter:
             packet.dts = packet.dts - shift if packet.dts is not None else None
             packet.stream = self.audio
             self.container.mux(packet)
+
+    def _encode_audio(self):
+        """The source's audio decoded and encoded again, for a container that cannot store its codec."""
+        src_audio = self.source.streams.audio[0]
+        shift = self._audio_shift(src_audio)
+        for frame in self.source.decode(src_audio):
+            if frame.pts is None or frame.pts - shift < 0:
+                continue
+            frame.pts -= shift
+            for packet in self.audio.encode(frame):
+                self.container.mux(packet)
+        for packet in self.audio.encode(None):
+            self.container.mux(packet)
+
+    def _add_audio(self, src_audio):
+        """The output's audio stream: the source track as it is when the container can store its codec,
+        else encoded again in the container's usual one (webm holds only Opus and Vorbis, so an mp4's AAC
+        becomes Opus), with a note, since dropping or refusing the sound is not what anyone asks for."""
+        try:   # ValueError: FFmpeg says the container cannot store this codec
+            return self.container.add_stream_from_template(src_audio)
+        except ValueError:
+            pass
+        import av
+
+        codec = _AUDIO_CODECS.get(self.path.suffix.lower(), "aac")
+        name = src_audio.codec_context.name
+        try:
+            rates = av.Codec(codec, "w").audio_rates
+            rate = src_audio.rate if not rates or src_audio.rate in rates else max(rates)
+            stream = self.container.add_stream(codec, rate=rate, layout=src_audio.layout)
+        except (ValueError, av.FFmpegError) as exc:
+            raise VideoError(f"{self.path}: {self.path.suffix} cannot hold the source's {name} audio, and "
+                             f"re-encoding it as {codec} failed ({exc}); use .mkv, which holds any audio") from None
+        self.reencoded = True
+        self._add_note(f"{self.path.suffix} cannot hold the source's {name} audio: re-encoded as "
+                       f"{codec.removeprefix('lib')}")
+        return stream
+
+    def _add_note(self, text: str):
+        self.note = text if self.note is None else f"{self.note}; {text}"
 
     def write(self, rgb: np.ndarray):
         import av
@@ -114,18 +232,21 @@ class VideoWriter:
             pix_fmt = "yuv420p"
             if codec == "libx264" and (w % 2 or h % 2):
                 pix_fmt = "yuv444p"
-                self.note = (f"{w}x{h} has an odd side, which 4:2:0 H.264 cannot store: encoded as H.264 4:4:4 "
-                             "(yuv444p) to keep every pixel; some browsers and hardware players play only 4:2:0")
+                self._add_note(f"{w}x{h} has an odd side, which 4:2:0 H.264 cannot store: encoded as H.264 4:4:4 "
+                               "(yuv444p) to keep every pixel; some browsers and hardware players play only 4:2:0")
             self.stream = self.container.add_stream(codec, rate=self.fps)
             self.stream.width, self.stream.height, self.stream.pix_fmt = w, h, pix_fmt
             if codec == "libx264":
                 self.stream.options = {"crf": str(self.crf)}
             if self.source is not None and self.source.streams.audio:
                 # video first, as players expect; every stream must exist before the first packet
-                self.audio = self.container.add_stream_from_template(self.source.streams.audio[0])
+                self.audio = self._add_audio(self.source.streams.audio[0])
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-        for packet in self.stream.encode(frame):
-            self.container.mux(packet)
+        try:   # the first packet writes the header, where the muxer may refuse what it was given
+            for packet in self.stream.encode(frame):
+                self.container.mux(packet)
+        except av.FFmpegError as exc:
+            raise VideoError(f"{self.path}: cannot write the video ({exc})") from None
 
     def __exit__(self, exc_type, exc, tb):
         import av
@@ -136,7 +257,7 @@ class VideoWriter:
                 for packet in self.stream.encode():
                     self.container.mux(packet)
                 if self.audio is not None:
-                    self._copy_audio()
+                    self._encode_audio() if self.reencoded else self._copy_audio()
         except av.FFmpegError as err:
             ok = False
             raise VideoError(f"{self.audio_from or self.path}: cannot finish the video ({err})") from None

@@ -1,0 +1,193 @@
+"""edge_runtime/run.py on awkward inputs: out-of-range flags, files without video, audio a container
+cannot store, outputs that collide, videos cut short or damaged, TIFF pages of different sizes.
+
+run.py's main() runs in-process with a stand-in model (nearest-neighbour x2), so each test takes well
+under a second and needs no converted artifact: what is tested is the runtime around the model.
+"""
+import numpy as np
+import pytest
+from PIL import Image, ImageSequence
+
+from drsan_kit.edge_runtime import run
+from drsan_kit.edge_runtime.contract import choose_window
+
+
+class Nearest:
+    """Stands in for a shape-flexible model: every pixel becomes a scale x scale block."""
+    name, kind, input_hw, scale = "nearest (stand-in)", "stand-in", None, 2
+
+    def __call__(self, tile):
+        return np.repeat(np.repeat(tile, self.scale, axis=0), self.scale, axis=1)
+
+
+@pytest.fixture
+def runtime(monkeypatch, capsys):
+    """run.py's main with the stand-in model: runtime(*args) -> (exit status, stderr)."""
+    monkeypatch.setattr(run, "open_model", lambda args: (Nearest(), choose_window(None, False, args.tile), None))
+
+    def main(*args):
+        try:
+            code = run.main(["--onnx", "stand-in.onnx", "--quiet", *map(str, args)])
+        except SystemExit as exc:   # argparse refusing a flag
+            code = exc.code
+        return code, capsys.readouterr().err
+    return main
+
+
+def one_error_line(stderr: str) -> str:
+    """The single `error: ...` line of a refusal (and no traceback)."""
+    errors = [line for line in stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "Traceback" not in stderr, stderr
+    return errors[0]
+
+
+def files_under(folder):
+    return sorted(p.name for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+def write_video(path, frames=12, fps=10, size=(48, 64), audio=None):
+    """Random (incompressible) frames, H.264 (webm: VP9); audio: an audio codec for a 0.3 s tone, or
+    "only" for a file with the tone and no video at all."""
+    import av
+
+    with av.open(str(path), "w") as c:
+        video = None
+        if audio != "only":
+            video = c.add_stream("libvpx-vp9" if path.suffix == ".webm" else "libx264", rate=fps)
+            video.width, video.height, video.pix_fmt = size[1], size[0], "yuv420p"
+        sound = c.add_stream("aac" if audio == "only" else audio, rate=48000, layout="mono") if audio else None
+        rng = np.random.default_rng(0)
+        for _ in range(frames if video else 0):
+            img = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+            for p in video.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in video.encode() if video else ():
+            c.mux(p)
+        if sound is not None:
+            tone = (0.3 * np.sin(np.arange(14400) / 10)).astype(np.float32)[None]
+            step = sound.codec_context.frame_size or 960
+            for k in range(0, tone.shape[1], step):
+                f = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone[:, k:k + step]), format="fltp", layout="mono")
+                f.sample_rate, f.pts = 48000, k
+                for p in sound.encode(f):
+                    c.mux(p)
+            for p in sound.encode():
+                c.mux(p)
+    return path
+
+
+def test_threads_must_be_0_to_256(runtime, tmp_path):
+    Image.new("RGB", (8, 6)).save(tmp_path / "a.png")
+    for bad, message in [("-1", "threads must be 0 (every core) to 256, not -1"),
+                         ("100000", "threads must be 0 (every core) to 256, not 100000"),
+                         ("two", "threads must be a whole number, not 'two'")]:
+        code, err = runtime(tmp_path / "a.png", "--threads", bad, "--out", tmp_path / "o")
+        assert code == 2 and message in one_error_line(err)
+    assert not (tmp_path / "o").exists()
+    assert run.parse_args(["--torch", "x.png", "--threads", "256"]).threads == 256
+    assert run.parse_args(["--torch", "x.png"]).threads == 0
+
+
+def test_file_without_video_is_a_one_line_error_in_benchmark_and_run(runtime, tmp_path):
+    audio_only = write_video(tmp_path / "talk.mp4", audio="only")
+    # an mp4 keeps its index (moov) at the end: cut short, it opens with no audio or video stream at all
+    whole = write_video(tmp_path / "whole.mp4").read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole[: whole.index(b"moov") + 100])
+    for src, message in [(audio_only, "no video stream (the file holds only audio)"),
+                         (cut, "no audio or video stream found: the file is cut short or damaged")]:
+        code, err = runtime(src, "--benchmark", "1")
+        assert code == 1 and f"{src}: {message}" in one_error_line(err)
+        code, err = runtime(src, "--out", tmp_path / "o")
+        assert code == 1 and message in one_error_line(err)
+    assert files_under(tmp_path / "o") == []
+
+
+def test_audio_a_container_cannot_store_is_reencoded(runtime, tmp_path):
+    import av
+
+    src = write_video(tmp_path / "talk.mp4", frames=3, size=(16, 16), audio="aac")
+    code, err = runtime(src, "--out", tmp_path / "talk.webm")
+    assert code == 0 and ".webm cannot hold the source's aac audio: re-encoded as opus" in err
+    with av.open(str(tmp_path / "talk.webm")) as c:
+        assert [(s.type, s.codec_context.name) for s in c.streams] == [("video", "vp9"), ("audio", "opus")]
+        seconds = sum(f.samples / f.sample_rate for f in c.decode(audio=0))
+    assert abs(seconds - 0.3) < 0.05   # all of the sound, at its own speed
+
+
+def test_outputs_that_would_collide_are_refused_before_anything_runs(runtime, tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        Image.new("RGB", (8, 6), (9, 9, 9)).save(tmp_path / folder / "keep.png")
+    Image.new("RGB", (8, 6)).save(tmp_path / "b" / "keep.jpg")
+    a, b = tmp_path / "a" / "keep.png", tmp_path / "b" / "keep.png"
+    out = tmp_path / "out"
+    code, err = runtime(a, b, "--out", out)
+    assert code == 2 and f"{a} and {b} would both be written to {out / 'keep_x2.png'}" in one_error_line(err)
+    # a folder whose keep.jpg and keep.png both become keep_x2.png
+    code, err = runtime(tmp_path / "b", "--ext", "png", "--out", out)
+    assert code == 2 and "keep_x2.png" in one_error_line(err)
+    assert files_under(out) == []
+    # without --ext they stay apart; the same file given twice (in its folder and by name) runs once
+    code, err = runtime(tmp_path / "b", b, "--out", out)
+    assert code == 0 and files_under(out) == ["keep_x2.jpg", "keep_x2.png"] and err.count("wrote") == 2, err
+
+
+def test_video_cut_short_or_damaged_is_refused_and_writes_nothing(runtime, tmp_path):
+    import av
+
+    whole = write_video(tmp_path / "long.mkv")
+    data = whole.read_bytes()
+    (tmp_path / "cut.mkv").write_bytes(data[: len(data) * 6 // 10])
+    damaged = bytearray(data)
+    middle = len(data) // 2
+    damaged[middle:middle + 2000] = bytes(x ^ 0xFF for x in damaged[middle:middle + 2000])
+    (tmp_path / "damaged.mkv").write_bytes(bytes(damaged))
+    out = tmp_path / "out"
+    for name in ("cut.mkv", "damaged.mkv"):
+        code, err = runtime(tmp_path / name, "--out", out)
+        line = one_error_line(err)
+        assert code == 1 and f"{name}: video ends early" in line and "declares 1.20 s" in line
+    assert files_under(out) == []
+    # complete files still run, including an mkv that declares no frame count (only a length)
+    intact = [whole, write_video(tmp_path / "fresh.mp4", frames=5, audio="aac")]
+    for src in intact:
+        code, err = runtime(src, "--out", out)
+        assert code == 0, err
+    with av.open(str(out / "long_x2.mkv")) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 12
+
+
+def _mixed_tiff(path):
+    pages = [Image.new("RGB", (32, 24), (200, 40, 40)),
+             Image.fromarray(np.full((10, 50), 40000, np.uint16)),
+             Image.new("RGBA", (12, 40), (10, 20, 30, 128))]
+    pages[0].save(path, save_all=True, append_images=pages[1:])
+    return path
+
+
+def test_tiff_pages_of_different_sizes_keep_them_or_are_refused(runtime, tmp_path):
+    src = _mixed_tiff(tmp_path / "mixed.tif")
+    out = tmp_path / "out"
+    for ext in ("gif", "webp", "png"):
+        code, err = runtime(src, "--ext", ext, "--out", out)
+        assert code == 1 and "pages differ in size (32x24, 50x10, 12x40)" in one_error_line(err)
+    assert files_under(out) == []
+    code, err = runtime(src, "--out", out)
+    assert code == 0, err
+    with Image.open(out / "mixed_x2.tif") as tif:
+        pages = [(p.size, p.mode) for p in ImageSequence.Iterator(tif)]
+    assert pages == [((64, 48), "RGB"), ((100, 20), "I;16"), ((24, 80), "RGBA")]
+
+
+def test_animation_writer_never_crops_frames_to_the_first(tmp_path):
+    from drsan_kit.core.images import ImageError, LoadedImage, save_animation
+
+    frames = [(LoadedImage(np.zeros((h, w, 3), np.float32)), 100) for h, w in [(24, 32), (10, 50)]]
+    with pytest.raises(ImageError, match=r"frames differ in size \(32x24, 50x10\)"):
+        save_animation(tmp_path / "a.gif", frames)
+    assert list(tmp_path.iterdir()) == []
+    save_animation(tmp_path / "a.tif", frames)
+    with Image.open(tmp_path / "a.tif") as tif:
+        assert [p.size for p in ImageSequence.Iterator(tif)] == [(32, 24), (50, 10)]
+
