@@ -20,8 +20,9 @@ from ..core.variants import SCALES, VARIANTS
 
 REPO = Path(__file__).resolve().parent.parent
 from ..edge_runtime import contract
-from ..edge_runtime.contract import (DEFAULT_TILE, ArtifactEntry, ModelInfo, argtype, artifact_size,
-                                     format_tile, parse_artifact_tile, sha256, update_manifest)
+from ..edge_runtime.contract import (DEFAULT_TILE, ArtifactEntry, ManifestError, ModelInfo, argtype, artifact_size,
+                                     check_manifest_target, format_tile, parse_artifact_tile, parse_count, sha256,
+                                     update_manifest)
 from ..edge_runtime.tiler import pad_to
 
 DEFAULT_OUT = Path("artifacts")
@@ -75,12 +76,24 @@ def add_model_args(ap: argparse.ArgumentParser):
     ap.add_argument("--tile", type=argtype(parse_artifact_tile), default=DEFAULT_TILE,
                     help=f"fixed LR input shape HxW of the artifact (default {format_tile(DEFAULT_TILE)})")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default ./artifacts)")
-    ap.add_argument("--check-images", type=int, default=4, help="image crops used by the artifact check (default 4)")
+    ap.add_argument("--check-images", type=argtype(parse_count), default=4,
+                    help="image crops used by the artifact check (default 4)")
     ap.add_argument("--verbose", action="store_true",
                     help="show the third-party tools' own output (TensorFlow, onnx2tf, coremltools), hidden by default")
 
 
+def output_folder(args, blob: dict, weights: Path) -> Path:
+    """--out, made and writable, once the inputs are known to be good: a converter that stops at a bad
+    checkpoint or a folder holding another model's artifacts leaves nothing behind, not even the folder."""
+    try:
+        check_manifest_target(args.out, ModelInfo.from_dict(model_section(args, blob, weights)))
+    except ManifestError as exc:
+        raise ConversionError(str(exc)) from None
+    return prepare_out(args.out)
+
+
 def prepare_out(out: Path) -> Path:
+    """Make `out` and check that files can be written in it; ConversionError naming the problem otherwise."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
@@ -282,7 +295,10 @@ def artifact_record(path: Path, fmt: str, precision: str, tile, dynamic: bool, c
 
 
 def write_manifest(out: Path, args, blob, weights, records: list[ArtifactEntry]) -> Path:
-    path = update_manifest(out, ModelInfo.from_dict(model_section(args, blob, weights)), records)
+    try:
+        path = update_manifest(out, ModelInfo.from_dict(model_section(args, blob, weights)), records)
+    except ManifestError as exc:   # the manifest changed under the conversion (output_folder checked it)
+        raise ConversionError(str(exc)) from None
     print(f"manifest: {path}")
     return path
 

@@ -124,8 +124,8 @@ def main(argv=None):
     ap.add_argument("--weights-int8", action="store_true", help="compress weights to int8 (coremltools.optimize)")
     args = ap.parse_args(argv)
     common.quiet_startup(args.verbose)
-    out = common.prepare_out(args.out)
     model, blob, weights = common.load_reference(args)
+    out = common.output_folder(args, blob, weights)
     tiles = [args.tile] + [t for t in args.extra_tiles if t != args.tile]
     crops, desc = common.check_crops(args.tile, args.check_images)
     reference = common.reference_outputs(model, crops)

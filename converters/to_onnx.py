@@ -37,8 +37,8 @@ def main(argv=None):
     common.add_model_args(ap)
     ap.add_argument("--dynamic", action="store_true", help="dynamic height/width instead of the fixed --tile")
     args = ap.parse_args(argv)
-    out = common.prepare_out(args.out)
     model, blob, weights = common.load_reference(args)
+    out = common.output_folder(args, blob, weights)
     crops, desc = common.check_crops(args.tile, args.check_images)
     reference = common.reference_outputs(model, crops)
     suffix = "dynamic" if args.dynamic else f"{args.tile[0]}x{args.tile[1]}"

@@ -48,7 +48,7 @@ from .tflite import build_saved_model, convert_mode, convert_qat, load_qat
 from ..core.equalize import equalize_direct_path
 from ..core.stagger import MAX_COPIES, stagger_direct_path
 from ..edge_runtime.backends import open_backend
-from ..edge_runtime.contract import PRECISIONS, PTQ, QAT, TFLITE_MODES
+from ..edge_runtime.contract import PRECISIONS, PTQ, QAT, TFLITE_MODES, argtype, parse_count, parse_threads
 
 
 def parse_quant(text: str) -> list[str]:
@@ -71,7 +71,7 @@ def main(argv=None):
                     help="folder of images for int8/int16 calibration, random crops at the tile size "
                          "(default: photographs shipped with scikit-image); inputs are RGB in [0, 1], "
                          "mean 0, std 1, no ImageNet statistics")
-    ap.add_argument("--calib-count", type=int, default=32, help="calibration crops (default 32)")
+    ap.add_argument("--calib-count", type=argtype(parse_count), default=32, help="calibration crops (default 32)")
     ap.add_argument("--calib-outlier", type=float, default=2.0,
                     help="int8: leave out calibration crops where some layer peaks above this many times its "
                          "median peak over the crops, so one extreme crop cannot coarsen every image's int8 "
@@ -86,7 +86,8 @@ def main(argv=None):
                          "shifted by 1/K of an int8 step, for log2(K) more bits on the tensors that lose the "
                          "most; the tail conv gets K times its outputs and the first upsampler conv K times its "
                          f"inputs (1 to {MAX_COPIES}; default 1, off; written as *_int8_qat_staggerK.tflite)")
-    ap.add_argument("--threads", type=int, default=0, help="interpreter threads for the check")
+    ap.add_argument("--threads", type=argtype(parse_threads), default=0,
+                    help="interpreter threads for the check, 0 for every core this process may use (default 0)")
     ap.add_argument("--keep-saved-model", action="store_true", help="keep onnx2tf's SavedModel in --out")
     args = ap.parse_args(argv)
     common.quiet_startup(args.verbose)
@@ -96,7 +97,6 @@ def main(argv=None):
         ap.error(f"--stagger must be 1 to {MAX_COPIES}")
     if args.stagger != 1 and not args.qat:
         ap.error("--stagger needs --qat CKPT: the copies' shifts follow from the checkpoint's learned int8 ranges")
-    out = common.prepare_out(args.out)
     model, blob, weights = common.load_reference(args)
     qat_model, qat_ranges_, qat_about = load_qat(args.qat, args) if args.qat else (None, None, None)
     stagger = None
@@ -105,8 +105,9 @@ def main(argv=None):
             qat_model, qat_ranges_, stagger = stagger_direct_path(qat_model, qat_ranges_, args.stagger)
         except ValueError as exc:
             raise common.ConversionError(f"{args.qat}: {exc}") from None
-    crops, check_desc = common.check_crops(args.tile, args.check_images)
     calib_images, calib_desc = common.sample_images(args.calib)
+    out = common.output_folder(args, blob, weights)
+    crops, check_desc = common.check_crops(args.tile, args.check_images)
     calib_all = common.random_crops(calib_images, args.tile, args.calib_count, seed=common.CALIB_SEED)
     calib, dropped = calib_all, 0
     if any(PRECISIONS[m].calibration == "drop-outliers" for m in args.quant) and not args.qat:

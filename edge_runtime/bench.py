@@ -18,6 +18,7 @@ if __name__ == "__main__" and not __package__:   # run by path, e.g. python edge
 
 import argparse
 import json
+import os
 import platform
 import sys
 from pathlib import Path
@@ -28,7 +29,8 @@ from ..core.variants import SCALES, VARIANTS
 from .artifact import open_artifact
 from .backends import BackendError, cpu_threads, open_backend
 from .contract import (DEFAULT_MARGIN, DEFAULT_TILE, MANIFEST_NAME, QAT, WHOLE_FRAME, ManifestError, Window, argtype,
-                       artifact_kinds, backend_spec, choose_window, format_tile, parse_tile, read_manifest)
+                       artifact_kinds, backend_spec, choose_window, format_tile, parse_count, parse_margin,
+                       parse_threads, parse_tile, read_manifest)
 from .upscaler import Upscaler, time_frames
 from ..core import provenance
 from ..core.atomic import atomic_path
@@ -72,7 +74,7 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def main(argv=None):
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description="Benchmark DRSAN backends (PyTorch, ONNX Runtime, TFLite) on one frame.")
     ap.add_argument("--variant", default="32s", choices=list(VARIANTS), help="model variant (default 32s)")
     ap.add_argument("--scale", type=int, default=4, choices=SCALES, help="upscaling factor (default 4)")
@@ -81,10 +83,11 @@ def main(argv=None):
     ap.add_argument("--frame", type=argtype(frame_size), default="1280x720", help="input frame size WxH (default 1280x720)")
     ap.add_argument("--tile", type=argtype(parse_tile), default=DEFAULT_TILE,
                     help=f"window HxW for shape-flexible backends (default {format_tile(DEFAULT_TILE)})")
-    ap.add_argument("--margin", type=int, default=DEFAULT_MARGIN,
+    ap.add_argument("--margin", type=argtype(parse_margin), default=DEFAULT_MARGIN,
                     help=f"tile context margin (default {DEFAULT_MARGIN})")
-    ap.add_argument("--runs", type=int, default=3, help="timed runs after one warm-up (default 3)")
-    ap.add_argument("--threads", type=int, default=0, help="threads for every backend (default: all cores)")
+    ap.add_argument("--runs", type=argtype(parse_count), default=3, help="timed runs after one warm-up (default 3)")
+    ap.add_argument("--threads", type=argtype(parse_threads), default=0,
+                    help="threads for every backend, 0 for every core this process may use (default 0)")
     ap.add_argument("--slow", type=float, default=60.0, metavar="SECONDS",
                     help="a backend whose single window takes longer than this is timed on one window and the "
                          "frame time extrapolated (marked 'estimated') instead of running whole frames (default 60)")
@@ -94,61 +97,88 @@ def main(argv=None):
                          "interpreter resized), e.g. int8,fp32: tiled vs one-shot for the same model")
     ap.add_argument("--json", type=Path, default=None, help="write results as JSON")
     ap.add_argument("--md", type=Path, default=None, help="write results as a Markdown table")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def writable_file(path: Path) -> str | None:
+    """Why `path` cannot be written as a file, or None; nothing is created (checked before the timing)."""
+    if path.is_dir():
+        return "it is a folder; give a file name"
+    parent = next(p for p in (path.parent, *path.parent.parents) if p.exists())
+    if not parent.is_dir():
+        return f"{parent} is a file, not a folder"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot write in {parent} (permission denied)"
+    return None
+
+
+def plan(args, threads: int) -> list[tuple[str, Upscaler, str]]:
+    """(label, Upscaler, note) for every timing asked for, every model verified and opened and every window
+    set up first: a damaged model or a bad --margin stops the tool before, not half-way through, the timing.
+    BackendError or ValueError (ManifestError, a margin or tile the tiler refuses) say what is wrong."""
     skip = set(filter(None, args.skip.split(",")))
     runnable = [k for k in artifact_kinds() if backend_spec(k).runs_here()]
-    threads = cpu_threads(args.threads)
-    opened = []
-    try:   # every artifact verified and opened before any timing: a damaged one would crash half-way through
-        manifest = read_manifest(args.artifacts) if args.artifacts else None
-        if args.artifacts and manifest is None:
-            raise ManifestError(f"no {MANIFEST_NAME} in {args.artifacts}")
-        for e in (manifest.artifacts if manifest else []):
-            if e.format in runnable and e.precision not in skip:
-                opened.append(open_artifact(args.artifacts / e.file, e.format, scale=args.scale, threads=threads,
-                                            flexible_default=args.tile))
-        torch_backend = open_backend("torch", args.weights, variant=args.variant, scale=args.scale, threads=threads)
-    except (BackendError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    frame = test_frame(args.frame)
-    rows = []
-
-    def bench(label, backend, window: Window, note=""):
-        if label in skip:
-            return
-        print(f"timing {label} ...", file=sys.stderr, flush=True)
-        up = Upscaler(backend, margin=args.margin, window=window)
-        r = None
-        if window.tile is not None:
-            one = time_frames(up, frame[: window.tile[0], : window.tile[1]], 1)
-            if one["median_ms"] / 1000 > args.slow:
-                windows = up.windows(*frame.shape[:2])
-                ms = one["median_ms"] * windows
-                s = backend.scale
-                r = {"input": f"{frame.shape[1]}x{frame.shape[0]}", "tile": list(window.tile), "windows": windows,
-                     "runs": 1, "median_ms": ms, "min_ms": ms, "estimated": True,
-                     "output_mp_per_s": frame.shape[0] * frame.shape[1] * s * s / 1e6 / (ms / 1000)}
-                note += f" (estimated: one window took {one['median_ms'] / 1000:.0f} s, times {windows} windows)"
-        if r is None:
-            r = time_frames(up, frame, args.runs)
-        r.update({"backend": label, "note": note})
-        rows.append(r)
-
+    manifest = read_manifest(args.artifacts) if args.artifacts else None
+    if args.artifacts and manifest is None:
+        raise ManifestError(f"no {MANIFEST_NAME} in {args.artifacts}")
+    torch_backend = open_backend("torch", args.weights, variant=args.variant, scale=args.scale, threads=threads)
     whole = Window(None, pad=False)
-    bench("torch-full", torch_backend, whole, "PyTorch eager FP32, whole frame")
-    bench("torch", torch_backend, choose_window(None, False, args.tile), "PyTorch eager FP32, tiled")
-    for art in opened:
-        e = art.entry
+    jobs = [("torch-full", torch_backend, whole, "PyTorch eager FP32, whole frame"),
+            ("torch", torch_backend, choose_window(None, False, args.tile), "PyTorch eager FP32, tiled")]
+    for e in (manifest.artifacts if manifest else []):
+        if e.format not in runnable or e.precision in skip:
+            continue
+        art = open_artifact(args.artifacts / e.file, e.format, scale=args.scale, threads=threads,
+                            flexible_default=args.tile)
         name = f"{e.format}-{e.precision}" + ("-qat" if e.quantization == QAT else "") + \
             (f"-stagger{e.stagger}" if e.stagger > 1 else "") + \
             ("-dynamic" if e.dynamic_shape else "")
         if e.dynamic_shape:
-            bench(name + "-full", art.backend, whole, "one-shot, whole frame")
-        bench(name, art.backend, art.window, e.file)
+            jobs.append((name + "-full", art.backend, whole, "one-shot, whole frame"))
+        jobs.append((name, art.backend, art.window, e.file))
         if e.format == "tflite" and e.precision in args.whole_frame.split(","):
             one_shot = open_artifact(art.path, e.format, scale=args.scale, window=WHOLE_FRAME, threads=threads)
-            bench(name + "-full", one_shot.backend, one_shot.window, "one-shot, whole frame (interpreter resized)")
+            jobs.append((name + "-full", one_shot.backend, one_shot.window,
+                         "one-shot, whole frame (interpreter resized)"))
+    return [(label, Upscaler(backend, margin=args.margin, window=window), note)
+            for label, backend, window, note in jobs if label not in skip]
+
+
+def bench(label: str, up: Upscaler, frame: np.ndarray, args, note: str) -> dict:
+    """One timing row; a backend slower than --slow per window is timed on one window and extrapolated."""
+    print(f"timing {label} ...", file=sys.stderr, flush=True)
+    if up.tile is not None:
+        one = time_frames(up, frame[: up.tile[0], : up.tile[1]], 1)
+        if one["median_ms"] / 1000 > args.slow:
+            windows = up.windows(*frame.shape[:2])
+            ms = one["median_ms"] * windows
+            s = up.backend.scale
+            return {"input": f"{frame.shape[1]}x{frame.shape[0]}", "tile": list(up.tile), "windows": windows,
+                    "runs": 1, "median_ms": ms, "min_ms": ms, "estimated": True,
+                    "output_mp_per_s": frame.shape[0] * frame.shape[1] * s * s / 1e6 / (ms / 1000),
+                    "backend": label, "note": note + f" (estimated: one window took {one['median_ms'] / 1000:.0f} s, "
+                                                     f"times {windows} windows)"}
+    return time_frames(up, frame, args.runs) | {"backend": label, "note": note}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    threads = cpu_threads(args.threads)
+    problems = [f"--{flag} {path}: {why}" for flag, path in (("json", args.json), ("md", args.md))
+                if path and (why := writable_file(path))]
+    if problems:
+        print(f"error: {'; '.join(problems)}", file=sys.stderr)
+        return 2
+    try:
+        jobs = plan(args, threads)
+    except (BackendError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not jobs:
+        print(f"error: --skip {args.skip} leaves nothing to time", file=sys.stderr)
+        return 2
+    frame = test_frame(args.frame)
+    rows = [bench(label, up, frame, args, note) for label, up, note in jobs]
     ref = next((r for r in rows if r["backend"] == "torch-full"), rows[0])
     for r in rows:
         r["speed_vs_torch"] = r["output_mp_per_s"] / ref["output_mp_per_s"]

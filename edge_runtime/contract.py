@@ -99,6 +99,17 @@ def parse_threads(text: str) -> int:
     return n
 
 
+def parse_margin(text: str) -> int:
+    """--margin: context pixels around each window, 0 or more; ValueError naming the problem otherwise."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise ValueError(f"the context margin must be a whole number of pixels, not {text!r}") from None
+    if n < 0:
+        raise ValueError(f"the context margin must be 0 or more pixels, not {n}")
+    return n
+
+
 def parse_count(text: str) -> int:
     """A count of at least 1 (timed runs, frames, ...); ValueError naming the problem otherwise."""
     try:
@@ -355,7 +366,8 @@ class ArtifactEntry:
         """How many staggered copies carry the direct path of an int8 QAT file (core/stagger.py); 1 for
         every other file. Informational: the file runs the same either way."""
         about = self.extra.get("stagger")
-        return about.get("copies", 1) if isinstance(about, dict) else 1   # its type: validate_manifest
+        copies = about.get("copies") if isinstance(about, dict) else None
+        return copies if _is(copies, int) and copies > 1 else 1
 
     @classmethod
     def from_dict(cls, d: dict) -> "ArtifactEntry":
@@ -444,7 +456,8 @@ def _check_entry(i: int, a, bad):
     p = PRECISIONS.get(a["precision"])
     if p is None:
         bad(f"{name}: unknown precision {a['precision']!r} (known: {', '.join(PRECISIONS)})")
-    if a["format"] not in p.formats:
+    built = {f for q in PRECISIONS.values() for f in q.formats}   # a backend added from outside names none
+    if a["format"] in built and a["format"] not in p.formats:
         bad(f"{name}: precision {p.name} is not built as {a['format']}")
     tile = a.get("tile")
     if tile is not None and not (isinstance(tile, list) and len(tile) == 2 and all(map(_positive_int, tile))):

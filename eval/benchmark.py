@@ -25,7 +25,7 @@ from ..core.datasets import BENCHMARKS_ENV, Pair, benchmark_root, find_sets, loa
 from ..core.imresize import imresize
 from ..core.metrics import CONVENTIONS, psnr_y, ssim_y
 from ..core.variants import PAPER_RESULTS, SCALES, VARIANTS
-from ..edge_runtime.contract import DEFAULT_MARGIN, WHOLE_FRAME, argtype, parse_window, window_tile
+from ..edge_runtime.contract import DEFAULT_MARGIN, WHOLE_FRAME, argtype, parse_margin, parse_window, window_tile
 from ..core import provenance
 from . import cli
 
@@ -50,7 +50,7 @@ def parse_args(argv=None):
     ap.add_argument("--data", default=None, help=DATA_HELP)
     ap.add_argument("--tile", type=argtype(parse_window), default=WHOLE_FRAME,
                     help="run in LR windows HxW, or N for NxN (default 0: whole image, as the paper)")
-    ap.add_argument("--margin", type=int, default=DEFAULT_MARGIN,
+    ap.add_argument("--margin", type=argtype(parse_margin), default=DEFAULT_MARGIN,
                     help=f"tile context margin, as in the runtime (default {DEFAULT_MARGIN})")
     ap.add_argument("--convention", choices=CONVENTIONS, default="authors",
                     help="Y convention: authors (float Y, the paper's DRSAN numbers) or matlab (rounded Y)")

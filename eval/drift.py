@@ -12,7 +12,12 @@ through the reference, and the report gives:
     from quantization drift (artifact vs the reference tiled the same way);
   - the worst images, with an error heatmap of the worst one per artifact.
 Reports: drift.json, drift.md and drift.png in --out. CoreML off macOS is an
-ESTIMATE from FP16 emulation of the PyTorch model, and labelled so.
+ESTIMATE from FP16 emulation of the PyTorch model, and labelled so. An artifact that
+cannot be opened here is skipped, and listed as such in the output and the reports.
+
+Exit status: 0 done (and, with --max-drift, every artifact within it); 2 an error (bad
+input, nothing measured); 3 some artifact loses more than --max-drift; 4 --max-drift
+given and some artifact was skipped, so the gate cannot vouch for it.
 """
 from __future__ import annotations
 
@@ -23,9 +28,13 @@ if __name__ == "__main__" and not __package__:   # run by path, e.g. python eval
     importlib.import_module(__package__)
 
 import argparse
+import contextlib
 import json
+import os
 import platform
 import sys
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,14 +46,17 @@ from ..core.metrics import CONVENTIONS, psnr, psnr_y, rgb_to_y, ssim_y
 from ..core.variants import SCALES, VARIANTS
 from ..edge_runtime.artifact import open_artifact
 from ..edge_runtime.contract import (DEFAULT_MARGIN, WHOLE_FRAME, Window, abilities, argtype, artifact_extensions,
-                                     artifact_kinds, backend_spec, choose_window, kind_of_path, parse_window,
-                                     read_manifest)
+                                     artifact_kinds, backend_spec, choose_window, kind_of_path, parse_margin,
+                                     parse_threads, parse_window, read_manifest)
 from ..edge_runtime.upscaler import Upscaler
 from ..edge_runtime.verify import verify_artifact
 from ..core import provenance
 from . import cli
 from .benchmark import DATA_HELP
 from .cli import EvalError
+
+GATE_EXCEEDED = 3      # some artifact loses more than --max-drift
+GATE_UNMEASURED = 4    # some artifact was skipped: the gate cannot vouch for what it did not run
 
 
 @dataclass
@@ -126,24 +138,47 @@ class Reference:
             # tile like the artifact does, padding (or not) included
             up = Upscaler(self.backend, margin=margin, window=Window(tile, pad and tile is not None))
             self.store[full_key] = up.frame(lr, out_dtype=np.uint8)
-        return self.store[full_key]
+        out = self.store[full_key]
+        want = (lr.shape[0] * self.args.scale, lr.shape[1] * self.args.scale, 3)
+        if out.shape != want:   # a saved reference made from other images of the same names
+            raise EvalError(f"the reference outputs for {key} are {out.shape[1]}x{out.shape[0]}, not "
+                            f"{want[1]}x{want[0]}: --reference was saved from other data")
+        return out
 
     def save(self, path: Path):
+        from ..core.atomic import atomic_path
+
         meta = {"variant": self.args.variant, "scale": self.args.scale, "device": self.device,
                 "weights": str(self.backend.weights)}
         arrays = {k: v for k, v in self.store.items() if not k.startswith("__")}
-        np.savez_compressed(path, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
+        # through a file object: given a name, numpy would add ".npz" to one that lacks it
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
 
     @staticmethod
     def load(path: Path, variant: str, scale: int) -> dict:
-        with np.load(path) as z:
-            meta = json.loads(bytes(z["__meta__"]).decode())
-            if (meta["variant"], meta["scale"]) != (variant, scale):
-                raise EvalError(f"{path} holds DRSAN-{meta['variant']} x{meta['scale']} outputs, "
-                                f"not {variant} x{scale}")
-            store = {k: z[k] for k in z.files if k != "__meta__"}
-        store["__device__"] = meta["device"] + " (loaded from " + str(path) + ")"
+        if not path.is_file():
+            raise EvalError(f"reference outputs {path} not found" + (" (a folder)" if path.is_dir() else ""))
+        try:
+            meta, store = Reference._read(path)
+            saved, device = (meta["variant"], meta["scale"]), str(meta["device"])
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise EvalError(f"{path} is not a reference saved with --save-reference ({why})") from None
+        if saved != (variant, scale):
+            raise EvalError(f"{path} holds DRSAN-{saved[0]} x{saved[1]} outputs, not {variant} x{scale}")
+        store["__device__"] = device + " (loaded from " + str(path) + ")"
         return store
+
+    @staticmethod
+    def _read(path: Path) -> tuple[dict, dict]:
+        """(meta, arrays) of a saved reference; decoding errors propagate for load() to word."""
+        z = np.load(path)   # allow_pickle stays off: a reference file is data, never code
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise ValueError("a single array, not an .npz archive")
+        with z:
+            meta = json.loads(bytes(z["__meta__"]).decode())
+            return meta, {k: z[k] for k in z.files if k != "__meta__"}
 
 
 def open_for_drift(art: Artifact, args, reference: Reference) -> Upscaler:
@@ -166,6 +201,21 @@ def open_for_drift(art: Artifact, args, reference: Reference) -> Upscaler:
         art.label = art.path.name
     art.tile, art.pad = window.tile, window.pad
     return Upscaler(backend, margin=args.margin, window=window)
+
+
+def open_all(artifacts: list[Artifact], args, reference: Reference) -> tuple[list, list[dict]]:
+    """([(artifact, Upscaler)], [{"file", "reason"}] of those that cannot run here); EvalError if none can."""
+    ups, skipped = [], []
+    for art in artifacts:
+        try:
+            ups.append((art, open_for_drift(art, args, reference)))
+        except Exception as exc:   # one unusable artifact should not hide the others
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            skipped.append({"file": art.path.name, "reason": reason})
+            print(f"skipped {art.path.name}: {reason}", file=sys.stderr)
+    if not ups:
+        raise EvalError(f"none of the {len(artifacts)} artifact(s) in {args.artifacts} could be opened")
+    return ups, skipped
 
 
 def y_error(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -200,44 +250,129 @@ def parse_args(argv=None):
                     help="LR window HxW, or 0 for whole images, as run.py's --tile: for dynamic-shape artifacts "
                          "(default: whole image) and TFLite ones (default: the model's own tile)")
     ap.add_argument("--exclude", default="", help="comma-separated precisions to leave out, e.g. int16x8")
-    ap.add_argument("--margin", type=int, default=DEFAULT_MARGIN,
+    ap.add_argument("--margin", type=argtype(parse_margin), default=DEFAULT_MARGIN,
                     help=f"tile context margin, as in the runtime (default {DEFAULT_MARGIN})")
     ap.add_argument("--convention", choices=CONVENTIONS, default="authors", help="Y convention (default authors)")
-    ap.add_argument("--threads", type=int, default=0,
-                    help="CPU threads for each model (default: every core this process may use)")
+    ap.add_argument("--threads", type=argtype(parse_threads), default=0,
+                    help="CPU threads for each model, 0 for every core this process may use (default 0)")
     ap.add_argument("--out", type=Path, default=Path("reports/drift"), help="report folder (default reports/drift)")
     ap.add_argument("--save-reference", type=Path, default=None, help="save the reference outputs to FILE (.npz)")
     ap.add_argument("--reference", type=Path, default=None,
                     help="use reference outputs saved with --save-reference (e.g. made on a GPU workstation)")
-    ap.add_argument("--max-drift", type=float, default=None, metavar="DB",
-                    help="exit with status 3 if any artifact loses more than DB dB PSNR on any set")
+    ap.add_argument("--max-drift", type=argtype(parse_limit), default=None, metavar="DB",
+                    help=f"a release gate: exit with status {GATE_EXCEEDED} if any artifact loses more than DB dB "
+                         f"PSNR on any set, and with status {GATE_UNMEASURED} if none does but some artifact was "
+                         "skipped (damaged, unreadable, of an unknown format or unable to run here)")
     return ap.parse_args(argv)
+
+
+def parse_limit(text: str) -> float:
+    """--max-drift: a finite number of dB, 0 or more."""
+    try:
+        db = float(text)
+    except ValueError:
+        raise ValueError(f"expected a number of dB, not {text!r}") from None
+    if not 0 <= db < float("inf"):
+        raise ValueError(f"must be 0 dB or more, not {text}")
+    return db
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    data = benchmark_root(args.data)
-    sets = find_sets(data)
-    if args.sets:
-        wanted = args.sets.split(",")
-        sets = [s for s in sets if s.name in wanted]
-        if not sets:
-            raise EvalError(f"none of {args.sets} under {data}")
+    check_targets(args)
+    artifacts = select_artifacts(args)
+    store = Reference.load(args.reference, args.variant, args.scale) if args.reference else None
+    reference = Reference(args, store)
+    work, empty = load_sets(args)
+    ups, skipped = open_all(artifacts, args, reference)
+    heat = measure(work, ups, reference, args)
+    if args.save_reference:
+        with writing(args.save_reference):
+            reference.save(args.save_reference)
+        print(f"reference outputs saved to {args.save_reference}", file=sys.stderr)
+    report = build_report(args, ups, [s for s, _ in work], reference, skipped, empty)
+    with writing(args.out):
+        write_reports(args.out, report, heat)
+    print(markdown(report))
+    return gate(report, args.max_drift)
+
+
+def check_targets(args):
+    """EvalError now, not after the evaluation, if a report or the saved reference could not be written."""
+    writable(args.out, "--out", folder=True)
+    if args.save_reference:
+        writable(args.save_reference, "--save-reference", folder=False)
+        if args.reference and args.reference.exists() and args.save_reference.exists() \
+                and args.save_reference.samefile(args.reference):
+            raise EvalError(f"--save-reference {args.save_reference} would overwrite the --reference input; "
+                            "save to another file")
+
+
+def writable(path: Path, flag: str, folder: bool):
+    """EvalError unless `path` (a folder, or a file) can be made or replaced; nothing is created."""
+    if path.exists() and path.is_dir() != folder:
+        raise EvalError(f"{flag} {path} is {'a file; give a folder' if folder else 'a folder; give a file name'}")
+    start = path if folder else path.parent
+    existing = next(p for p in (start, *start.parents) if p.exists())
+    if not existing.is_dir():
+        raise EvalError(f"{flag} {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise EvalError(f"{flag} {path}: cannot write in {existing} (permission denied)")
+
+
+@contextlib.contextmanager
+def writing(path: Path):
+    """A failed write (disk full, permissions changed meanwhile) becomes EvalError naming `path`."""
+    try:
+        yield
+    except OSError as exc:
+        raise EvalError(f"cannot write {path} ({exc.strerror or exc})") from None
+
+
+def select_artifacts(args) -> list[Artifact]:
     if not args.artifacts.is_dir():
         raise EvalError(f"artifact folder {args.artifacts} not found")
     excluded = set(filter(None, args.exclude.split(",")))
     artifacts = [a for a in discover(args.artifacts, args.scale) if a.precision not in excluded]
-    store = Reference.load(args.reference, args.variant, args.scale) if args.reference else None
-    reference = Reference(args, store)
-    ups = []
-    for art in artifacts:
+    if not artifacts:
+        raise EvalError(f"--exclude {args.exclude} leaves no artifact of {args.artifacts}")
+    return artifacts
+
+
+def load_sets(args) -> tuple[list[tuple[Path, list]], list[str]]:
+    """([(set folder, its image pairs)] of the sets with images, [names of the empty ones]).
+
+    An empty set is left out with a note, as long as another has images: it has nothing to average."""
+    data = benchmark_root(args.data)
+    sets = find_sets(data)
+    if args.sets:
+        wanted = list(filter(None, args.sets.split(",")))
+        missing = [w for w in wanted if w not in {s.name for s in sets}]
+        if missing:
+            raise EvalError(f"no set {', '.join(missing)} under {data} (found: {', '.join(s.name for s in sets)})")
+        sets = [s for s in sets if s.name in wanted]
+    work, empty = [], []
+    for s in sets:
         try:
-            ups.append((art, open_for_drift(art, args, reference)))
-        except Exception as exc:   # one unusable artifact should not hide the others
-            print(f"skipped {art.path.name}: {str(exc).splitlines()[0]}", file=sys.stderr)
-    if not ups:
-        raise EvalError("no artifact could be opened")
-    work = [(s, load_pairs(s, args.scale)) for s in sets]
+            pairs = load_pairs(s, args.scale)
+        except ValueError as exc:   # an unreadable image, or an LR image that does not fit its HR one
+            raise EvalError(f"set {s.name}: {str(exc).splitlines()[0]}") from None
+        if pairs:
+            work.append((s, pairs))
+        else:
+            empty.append(s.name)
+    if len(empty) == 1 and not work:
+        raise EvalError(f"set {empty[0]} has no images ({sets[0] / 'HR'} is empty); nothing to measure")
+    if not work:
+        raise EvalError(f"sets {', '.join(empty)} have no images (empty HR folders under {data}); nothing to measure")
+    for name in empty:
+        print(f"note: set {name} has no images; left out", file=sys.stderr)
+    return work, empty
+
+
+def measure(work, ups, reference: Reference, args) -> dict:
+    """Run every image through every artifact and the reference; rows go to each artifact, and the
+    worst image's error map per artifact is returned as {label: (dPSNR, key, map)}."""
     total = sum(len(p) for _, p in work) * len(ups)
     heat = {}
     with tqdm(total=total, desc="drift", unit="run", disable=None) as bar:
@@ -263,16 +398,10 @@ def main(argv=None) -> int:
                     if art.label not in heat or d < heat[art.label][0]:
                         heat[art.label] = (d, key, y_error(out, ref))
                     bar.update(1)
-    if args.save_reference:
-        reference.save(args.save_reference)
-        print(f"reference outputs saved to {args.save_reference}", file=sys.stderr)
-    report = build_report(args, ups, sets, reference)
-    write_reports(args.out, report, heat)
-    print(markdown(report))
-    return gate(report, args.max_drift)
+    return heat
 
 
-def build_report(args, ups, sets, reference) -> dict:
+def build_report(args, ups, sets, reference, skipped=(), empty_sets=()) -> dict:
     return {
         "variant": args.variant, "scale": args.scale, "convention": args.convention, "margin": args.margin,
         "reference": {"model": "FP32 PyTorch", "device": reference.device, "weights": str(args.weights or "shipped")},
@@ -280,6 +409,8 @@ def build_report(args, ups, sets, reference) -> dict:
         "artifacts": [{"file": a.path.name, "label": a.label, "kind": a.kind, "precision": a.precision,
                        "tile": list(a.tile) if a.tile else None, "estimate": a.estimate,
                        "sets": {s.name: summarize(a, s.name) for s in sets}} for a, _ in ups],
+        "skipped": list(skipped),          # not measured: a gate cannot pass on them
+        "empty_sets": list(empty_sets),
     }
 
 
@@ -310,7 +441,18 @@ def markdown(report: dict) -> str:
         worst = sorted((w for e in a["sets"].values() for w in e["worst"]), key=lambda w: w["psnr"] - w["ref_psnr"])[:3]
         lines.append(f"- {a['label']}: " + ", ".join(
             f"{w['set']}/{w['image']} {w['psnr'] - w['ref_psnr']:+.3f} dB" for w in worst))
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + not_measured(report)) + "\n"
+
+
+def not_measured(report: dict) -> list[str]:
+    """Markdown lines for the artifacts that were skipped and the sets without images, if any."""
+    lines = []
+    if report.get("skipped"):
+        lines += ["", "## Skipped artifacts (NOT measured)", ""]
+        lines += [f"- {s['file']}: {s['reason']}" for s in report["skipped"]]
+    if report.get("empty_sets"):
+        lines += ["", f"Sets without images, left out: {', '.join(report['empty_sets'])}."]
+    return lines
 
 
 def write_reports(out: Path, report: dict, heat: dict):
@@ -361,15 +503,22 @@ def write_reports(out: Path, report: dict, heat: dict):
 
 
 def gate(report: dict, max_drift: float | None) -> int:
+    """The exit status: 0, GATE_EXCEEDED, or GATE_UNMEASURED (see the module's docstring)."""
     if max_drift is None:
         return 0
     bad = [(a["label"], s, e["dpsnr"]) for a in report["artifacts"] for s, e in a["sets"].items()
            if e["dpsnr"] < -max_drift]
     for label, s, d in bad:
         print(f"DRIFT GATE FAILED: {label} on {s}: {d:+.3f} dB (limit -{max_drift} dB)", file=sys.stderr)
-    if not bad:
-        print(f"drift gate passed: every artifact within {max_drift} dB on every set", file=sys.stderr)
-    return 3 if bad else 0
+    skipped = report.get("skipped", [])
+    for s in skipped:
+        print(f"DRIFT GATE FAILED: {s['file']} was skipped, not measured ({s['reason']})", file=sys.stderr)
+    if bad:
+        return GATE_EXCEEDED
+    if skipped:
+        return GATE_UNMEASURED
+    print(f"drift gate passed: every artifact within {max_drift} dB on every set", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from ..core.atomic import atomic_path
+from ..edge_runtime.backends import cpu_threads
+from ..edge_runtime.contract import argtype, parse_count, parse_threads
 
 
 def _probes(tf, c: int, rng):
@@ -87,10 +89,14 @@ def parse_args(argv=None):
                                              "to see which ones XNNPACK runs in int8.")
     ap.add_argument("--shape", default="192x336x32", help="feature map HxWxC (default 192x336x32)")
     ap.add_argument("--ops", default=None, help="comma-separated subset of the probes (default: all)")
-    ap.add_argument("--threads", type=int, default=1, help="interpreter threads (default 1)")
-    ap.add_argument("--repeats", type=int, default=15, help="timed runs per op; the median is reported")
+    ap.add_argument("--threads", type=argtype(parse_threads), default=1,
+                    help="interpreter threads, 0 for every core this process may use (default 1)")
+    ap.add_argument("--repeats", type=argtype(parse_count), default=15,
+                    help="timed runs per op; the median is reported (default 15)")
     ap.add_argument("--out", default="reports/op_speed", help="report folder: op_speed.md and op_speed.json")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    args.threads = cpu_threads(args.threads)   # the report names the number that ran, not 0
+    return args
 
 
 def main(argv=None):

@@ -40,6 +40,7 @@ from ..converters.export import PRELU_FORMS
 from ..converters.tflite import build_saved_model, make_converter, quiet
 from ..core.datasets import benchmark_root
 from ..core import provenance
+from ..edge_runtime.contract import argtype, parse_count, parse_threads
 from . import cli
 from .benchmark import DATA_HELP
 
@@ -51,17 +52,18 @@ def parse_args(argv=None):
     ap.set_defaults(tile=(64, 64), out=Path("reports/sensitivity"))
     ap.add_argument("--calib", default=None, help="calibration images folder (default: scikit-image photos, "
                                                   "as the converter)")
-    ap.add_argument("--calib-count", type=int, default=32, help="calibration crops (default 32)")
+    ap.add_argument("--calib-count", type=argtype(parse_count), default=32, help="calibration crops (default 32)")
     ap.add_argument("--calib-outlier", type=float, default=2.0,
                     help="leave out outlier calibration crops, as the converter (default 2; 0 keeps every crop)")
-    ap.add_argument("--debug-count", type=int, default=8, help="crops the debugger compares layers on (default 8)")
+    ap.add_argument("--debug-count", type=argtype(parse_count), default=8, help="crops the debugger compares layers on (default 8)")
     ap.add_argument("--float-top", default="0,1,3,5",
                     help="numbers of worst layers to keep in float, one model each (default 0,1,3,5)")
     ap.add_argument("--data", default=None, help=DATA_HELP)
     ap.add_argument("--sets", default="Set5", help="sets for dPSNR against HR, comma-separated ('' for none)")
     ap.add_argument("--prelu", choices=PRELU_FORMS, default="sub",
                     help="how integer models spell PReLU (default sub, as the converter; see converters/export.py)")
-    ap.add_argument("--threads", type=int, default=0, help="interpreter threads")
+    ap.add_argument("--threads", type=argtype(parse_threads), default=0,
+                    help="interpreter threads, 0 for every core this process may use (default 0)")
     return ap.parse_args(argv)
 
 

@@ -36,7 +36,7 @@ from ..core.metrics import psnr, psnr_y
 from ..core.variants import SCALES, VARIANTS
 from ..edge_runtime.backends import open_backend
 from ..edge_runtime.contract import (DEFAULT_MARGIN, DEFAULT_TILE, PAD_MODE, PAD_MODES, argtype, check_pad_mode,
-                                     format_tile, parse_tiles)
+                                     format_tile, parse_margin, parse_tiles)
 from ..edge_runtime.upscaler import COEFF_MODES, Upscaler
 from ..edge_runtime.bench import test_frame
 from ..core import provenance
@@ -74,7 +74,7 @@ def main(argv=None):
     ap.add_argument("--sets", default="Set5,Set14,B100")
     ap.add_argument("--tiles", type=argtype(parse_tiles), default=[(48, 48), (96, 96), DEFAULT_TILE],
                     help=f"comma-separated windows HxW or N (default 48,96,{format_tile(DEFAULT_TILE)})")
-    ap.add_argument("--margin", type=int, default=DEFAULT_MARGIN,
+    ap.add_argument("--margin", type=argtype(parse_margin), default=DEFAULT_MARGIN,
                     help=f"tile context margin, as in the runtime (default {DEFAULT_MARGIN})")
     ap.add_argument("--modes", default=",".join(COEFF_MODES), help="coefficient sources to compare")
     ap.add_argument("--frames", type=int, default=2, help="1280x720 photo frames to add (fidelity only)")

@@ -40,6 +40,7 @@ from ..core.model import build_model
 from ..core.train import LAYOUTS, autocast_dtype, cpu_has_fast_bf16, memory_format, train_step
 from ..core.variants import SCALES, VARIANTS
 from ..core import provenance
+from ..edge_runtime.contract import argtype, parse_threads
 from . import cli
 from .cli import EvalError
 
@@ -118,7 +119,9 @@ def main(argv=None):
     ap.add_argument("--patch", type=int, default=48, help="LR patch size (default 48, the paper's)")
     ap.add_argument("--batch", type=int, default=16, help="patches per step (default 16)")
     ap.add_argument("--steps", type=int, default=6, help="timed steps per arm, after 2 warm-up steps (default 6)")
-    ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    ap.add_argument("--threads", type=argtype(parse_threads), default=0,
+                    help="CPU threads, up to 256; 0 (the default) keeps torch's own choice, usually the "
+                         "physical cores rather than every core")
     ap.add_argument("--data", default=None,
                     help="folder of training images: time the end-to-end step (device sampler + train step, "
                          "patches/s) instead of the precision x layout arms")

@@ -1,0 +1,128 @@
+"""Flags every tool shares, checked alike and before any work: --threads, counts, --margin, outputs, and a
+converter's inputs before its output folder is made."""
+import importlib
+import json
+
+import pytest
+
+from conftest import run_tool
+
+
+def no_traceback(proc):
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+def usage_error(capsys, call, argv) -> str:
+    """argparse's one-line complaint when `call(argv)` parses argv; fails if the flags are accepted."""
+    with pytest.raises(SystemExit) as stop:
+        call(argv)
+    assert stop.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+# (module, function that parses the flags, other flags); the tools that parse inside main get an input that
+# would stop them at once, so that a --threads let through fails the test in seconds, not after a conversion
+THREAD_TOOLS = [
+    ("drsan_kit.eval.drift", "parse_args", ["--artifacts", "x"]),
+    ("drsan_kit.eval.sensitivity", "parse_args", []),
+    ("drsan_kit.eval.op_speed", "parse_args", []),
+    ("drsan_kit.eval.train_speed", "main", ["--data", "/nonexistent/train"]),
+    ("drsan_kit.converters.to_tflite", "main", ["--weights", "/nonexistent/w.pt"]),
+    ("drsan_kit.edge_runtime.bench", "parse_args", []),
+    ("drsan_kit.edge_runtime.run", "parse_args", ["--torch", "x.png"]),
+]
+
+
+@pytest.mark.parametrize("value", ["-1", "257", "two"])
+@pytest.mark.parametrize("module,function,extra", THREAD_TOOLS, ids=[t[0].rsplit(".", 1)[1] for t in THREAD_TOOLS])
+def test_threads_is_checked_alike_by_every_tool(capsys, module, function, extra, value):
+    call = getattr(importlib.import_module(module), function)
+    line = usage_error(capsys, call, extra + ["--threads", value])
+    assert "argument --threads: threads must be" in line
+
+
+@pytest.mark.parametrize("module", ["drsan_kit.eval.drift", "drsan_kit.eval.op_speed",
+                                    "drsan_kit.edge_runtime.bench"])
+def test_threads_zero_means_every_core(module):
+    from drsan_kit.core.provenance import usable_cores
+
+    args = importlib.import_module(module).parse_args(["--artifacts", "x", "--threads", "0"]
+                                                      if module.endswith("drift") else ["--threads", "0"])
+    # op_speed names the number that ran in its report; the others resolve 0 when they open a model
+    assert args.threads == (usable_cores() if module.endswith("op_speed") else 0)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--runs", "0"], "argument --runs: must be 1 or more, not 0"),
+    (["--runs", "-1"], "argument --runs: must be 1 or more, not -1"),
+])
+def test_bench_runs_must_be_a_count(capsys, argv, message):
+    from drsan_kit.edge_runtime.bench import main
+
+    assert message in usage_error(capsys, main, argv)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--margin", "100"], "error: tile 192x336 is too small for a context margin of 100 px"),
+    (["--skip", "torch,torch-full"], "error: --skip torch,torch-full leaves nothing to time"),
+])
+def test_bench_stops_with_one_line_before_timing(argv, message, shipped_x4):
+    proc = no_traceback(run_tool("edge_runtime/bench.py", "--frame", "64x48", "--runs", "1", *argv, check=False))
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [message]
+
+
+def test_bench_checks_its_outputs_before_timing(tmp_path):
+    (tmp_path / "taken").mkdir()
+    proc = no_traceback(run_tool("edge_runtime/bench.py", "--frame", "64x48", "--json", tmp_path / "taken",
+                                 "--md", tmp_path / "taken" / "x.md", check=False))
+    assert proc.returncode == 2 and "timing" not in proc.stderr and not proc.stdout
+    assert proc.stderr.strip() == f"error: --json {tmp_path / 'taken'}: it is a folder; give a file name"
+
+
+MARGIN_TOOLS = {"drsan_kit.eval.drift": ["--artifacts", "x"], "drsan_kit.eval.benchmark": [],
+                "drsan_kit.edge_runtime.bench": [],
+                "drsan_kit.edge_runtime.run": ["--torch", "x.png"]}
+
+
+@pytest.mark.parametrize("module", MARGIN_TOOLS)
+def test_margin_is_checked_alike_when_parsed(capsys, module):
+    extra = MARGIN_TOOLS[module]
+    line = usage_error(capsys, importlib.import_module(module).parse_args, extra + ["--margin", "-1"])
+    assert "argument --margin: the context margin must be 0 or more pixels, not -1" in line
+
+
+def test_drift_limit_must_be_a_number_of_db(capsys):
+    from drsan_kit.eval.drift import parse_args
+
+    for value in ("nan", "-0.1", "inf"):
+        assert "argument --max-drift" in usage_error(capsys, parse_args, ["--artifacts", "x", "--max-drift", value])
+
+
+@pytest.mark.parametrize("script", ["converters/to_onnx.py", "converters/to_tflite.py", "converters/to_coreml.py"])
+def test_a_bad_checkpoint_leaves_no_output_folder(script, tmp_path):
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(b"\x89PNG\r\n\x1a\n not a checkpoint")
+    out = tmp_path / "new" / "artifacts"
+    proc = no_traceback(run_tool(script, "--weights", damaged, "--out", out, check=False))
+    assert proc.returncode == 2 and "error: " in proc.stderr and "damaged.pt" in proc.stderr
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_missing_checkpoint_leaves_no_output_folder(tmp_path):
+    proc = no_traceback(run_tool("converters/to_onnx.py", "--weights", tmp_path / "missing.pt",
+                                 "--out", tmp_path / "new", check=False))
+    assert proc.returncode == 2 and "checkpoint not found" in proc.stderr
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_folder_of_another_model_is_refused_before_converting(tmp_path, shipped_x4):
+    from drsan_kit.edge_runtime.contract import Manifest, ModelInfo, write_manifest
+
+    write_manifest(tmp_path, Manifest(ModelInfo("32s", 2, "weights/drsan_32s_x2.pt")))
+    before = (tmp_path / "manifest.json").read_text()
+    proc = no_traceback(run_tool("converters/to_onnx.py", "--tile", "24x32", "--out", tmp_path, check=False))
+    assert proc.returncode == 2 and "lists artifacts of DRSAN-32s x2" in proc.stderr
+    assert "exporting" not in proc.stdout   # refused before the export, not after it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]
+    assert json.loads((tmp_path / "manifest.json").read_text()) == json.loads(before)
