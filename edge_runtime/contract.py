@@ -88,12 +88,16 @@ def window_tile(value: Tile | int | None) -> Tile | None:
 MAX_THREADS = 256   # more than any edge CPU has; far more makes interpreters spend minutes creating threads
 
 
+def _whole_number(text: str, what: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{what} must be a whole number, not {text!r}") from None
+
+
 def parse_threads(text: str) -> int:
     """--threads: 0 (every core) to MAX_THREADS; ValueError naming the problem otherwise."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise ValueError(f"threads must be a whole number, not {text!r}") from None
+    n = _whole_number(text, "threads")
     if not 0 <= n <= MAX_THREADS:
         raise ValueError(f"threads must be 0 (every core) to {MAX_THREADS}, not {n}")
     return n
@@ -101,10 +105,7 @@ def parse_threads(text: str) -> int:
 
 def parse_margin(text: str) -> int:
     """--margin: context pixels around each window, 0 or more; ValueError naming the problem otherwise."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise ValueError(f"the context margin must be a whole number of pixels, not {text!r}") from None
+    n = _whole_number(text, "the context margin")
     if n < 0:
         raise ValueError(f"the context margin must be 0 or more pixels, not {n}")
     return n
@@ -112,10 +113,7 @@ def parse_margin(text: str) -> int:
 
 def parse_count(text: str) -> int:
     """A count of at least 1 (timed runs, frames, ...); ValueError naming the problem otherwise."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise ValueError(f"expected a whole number, not {text!r}") from None
+    n = _whole_number(text, "a count")
     if n < 1:
         raise ValueError(f"must be 1 or more, not {n}")
     return n

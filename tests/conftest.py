@@ -99,3 +99,18 @@ def tflite_artifacts(tmp_path_factory, shipped_x4):
     run_tool("converters/to_tflite.py", "--variant", "32s", "--scale", "4", "--tile", CONVERT_TILE, "--quant", "all",
              "--calib-count", "8", "--out", out)
     return out
+
+
+def encode_tone(container, stream, tone):
+    """Mux a mono float32 signal (shape (1, n), 48 kHz) through an audio stream, frame by frame."""
+    import av
+    import numpy as np
+
+    step = stream.codec_context.frame_size or 960
+    for k in range(0, tone.shape[1], step):
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone[:, k:k + step]), format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = 48000, k
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)

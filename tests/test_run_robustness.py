@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageSequence
 
+from conftest import encode_tone
 from drsan_kit.edge_runtime import run
 from drsan_kit.edge_runtime.contract import choose_window
 
@@ -64,15 +65,7 @@ def write_video(path, frames=12, fps=10, size=(48, 64), audio=None):
         for p in video.encode() if video else ():
             c.mux(p)
         if sound is not None:
-            tone = (0.3 * np.sin(np.arange(14400) / 10)).astype(np.float32)[None]
-            step = sound.codec_context.frame_size or 960
-            for k in range(0, tone.shape[1], step):
-                f = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone[:, k:k + step]), format="fltp", layout="mono")
-                f.sample_rate, f.pts = 48000, k
-                for p in sound.encode(f):
-                    c.mux(p)
-            for p in sound.encode():
-                c.mux(p)
+            encode_tone(c, sound, (0.3 * np.sin(np.arange(14400) / 10)).astype(np.float32)[None])
     return path
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import CONVERT_TILE, REPO, run_tool
+from conftest import CONVERT_TILE, REPO, encode_tone, run_tool
 
 
 @pytest.fixture
@@ -115,15 +115,7 @@ def _write_video(path, frames=6, size=(40, 48), fps=12, marked=False, audio=None
         for p in s.encode():
             c.mux(p)
         if a is not None:
-            tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(24000) / 48000)).astype(np.float32)[None]
-            step = a.codec_context.frame_size or 960
-            for k in range(0, tone.shape[1], step):
-                f = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone[:, k:k + step]), format="fltp", layout="mono")
-                f.sample_rate, f.pts = 48000, k
-                for p in a.encode(f):
-                    c.mux(p)
-            for p in a.encode():
-                c.mux(p)
+            encode_tone(c, a, (0.3 * np.sin(2 * np.pi * 440 * np.arange(24000) / 48000)).astype(np.float32)[None])
 
 
 def test_video_round_trip_keeps_frames_and_rate(onnx_artifacts, tmp_path):
