@@ -88,7 +88,7 @@ def parse_args(argv=None):
     ap.add_argument("--runs", type=argtype(parse_count), default=3, help="timed runs after one warm-up (default 3)")
     ap.add_argument("--threads", type=argtype(parse_threads), default=0,
                     help="threads for every backend, 0 for every core this process may use (default 0)")
-    ap.add_argument("--slow", type=float, default=60.0, metavar="SECONDS",
+    ap.add_argument("--slow", type=argtype(parse_seconds), default=60.0, metavar="SECONDS",
                     help="a backend whose single window takes longer than this is timed on one window and the "
                          "frame time extrapolated (marked 'estimated') instead of running whole frames (default 60)")
     ap.add_argument("--skip", default="", help="comma-separated precisions/backends to skip, e.g. int16x8,torch-full")
@@ -185,7 +185,7 @@ def main(argv=None):
     report = {"provenance": provenance.header(), "variant": args.variant, "scale": args.scale,
               "frame": args.frame, "threads": threads,
               "machine": f"{cpu_name()}, {provenance.usable_cores()} cores, {platform.system()}", "runs": args.runs,
-              "margin": args.margin, "results": rows}
+              "margin": args.margin, "baseline": ref["backend"], "results": rows}
     table = markdown(report)
     print(table)
     for path, text in ((args.json, json.dumps(report, indent=2)), (args.md, table)):
@@ -199,13 +199,27 @@ def main(argv=None):
     return 0
 
 
+def parse_seconds(text: str) -> float:
+    """--slow: a finite number of seconds above 0."""
+    try:
+        s = float(text)
+    except ValueError:
+        raise ValueError(f"expected a number of seconds, not {text!r}") from None
+    if not 0 < s < float("inf"):
+        raise ValueError(f"must be more than 0 seconds, not {text}")
+    return s
+
+
 def markdown(report: dict) -> str:
     s = report["scale"]
+    baseline = report.get("baseline", "torch-full")   # the first row when PyTorch eager was skipped
+    base, short = (("PyTorch eager FP32 on the whole frame", "PyTorch eager") if baseline == "torch-full"
+                   else (f"{baseline} (PyTorch eager on the whole frame was skipped)", baseline))
     lines = ([provenance.markdown(report["provenance"])] if "provenance" in report else []) + [
              f"DRSAN-{report['variant']} x{s}, {report['frame']} input frame, {report['threads']} threads, "
              f"median of {report['runs']} runs; {report['machine']}. Speed ratio in output MP/s against "
-             f"PyTorch eager FP32 on the whole frame.", "",
-             "| backend | tile (windows) | ms / frame | output MP/s | vs PyTorch eager |",
+             f"{base}.", "",
+             f"| backend | tile (windows) | ms / frame | output MP/s | vs {short} |",
              "|---|---|---|---|---|"]
     for r in report["results"]:
         tile = f"{r['tile'][0]}x{r['tile'][1]} ({r['windows']})" if r["tile"] else "whole frame"

@@ -32,6 +32,7 @@ import numpy as np
 from ..core import provenance
 from ..core.atomic import atomic_path
 from ..core.variants import SCALES, VARIANTS
+from ..edge_runtime.contract import argtype, parse_threads
 from .cli import EvalError, run
 
 
@@ -62,7 +63,9 @@ def parse_args(argv=None):
                          "step (core/stagger.py; converters/to_tflite.py --stagger K builds it); needs a --qat "
                          "checkpoint for --weights (default 1: the plain graph)")
     ap.add_argument("--top", type=int, default=15, help="tensors listed one by one (default 15)")
-    ap.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+    ap.add_argument("--threads", type=argtype(parse_threads), default=0,
+                    help="CPU threads for torch and the --artifact interpreter; 0 (the default): torch's own default, "
+                         "and every core for the interpreter")
     ap.add_argument("--out", type=Path, default=None, help="write the report here (Markdown) as well")
     return ap.parse_args(argv)
 

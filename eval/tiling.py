@@ -77,7 +77,8 @@ def main(argv=None):
     ap.add_argument("--margin", type=argtype(parse_margin), default=DEFAULT_MARGIN,
                     help=f"tile context margin, as in the runtime (default {DEFAULT_MARGIN})")
     ap.add_argument("--modes", default=",".join(COEFF_MODES), help="coefficient sources to compare")
-    ap.add_argument("--frames", type=int, default=2, help="1280x720 photo frames to add (fidelity only)")
+    ap.add_argument("--frames", type=int, choices=range(5), default=2, metavar="0-4",
+                    help="1280x720 photo frames to add, 0 to 4 (fidelity only; default 2)")
     ap.add_argument("--pad", type=argtype(pad_modes), nargs="?", const=[PAD_MODE], default=None,
                     help="pad images smaller than the tile up to it, as fixed-shape ONNX/CoreML models do; "
                          f"optionally the modes to compare, comma-separated from {','.join(PAD_MODES)} "

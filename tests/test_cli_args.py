@@ -31,6 +31,7 @@ THREAD_TOOLS = [
     ("drsan_kit.converters.to_tflite", "main", ["--weights", "/nonexistent/w.pt"]),
     ("drsan_kit.edge_runtime.bench", "parse_args", []),
     ("drsan_kit.edge_runtime.run", "parse_args", ["--torch", "x.png"]),
+    ("drsan_kit.eval.int8_budget", "parse_args", []),
 ]
 
 
@@ -126,3 +127,29 @@ def test_a_folder_of_another_model_is_refused_before_converting(tmp_path, shippe
     assert "exporting" not in proc.stdout   # refused before the export, not after it
     assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]
     assert json.loads((tmp_path / "manifest.json").read_text()) == json.loads(before)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--slow", "0"], "argument --slow: must be more than 0 seconds"),
+    (["--slow", "nan"], "argument --slow: must be more than 0 seconds"),
+])
+def test_bench_slow_must_be_a_positive_time(capsys, argv, message):
+    from drsan_kit.edge_runtime.bench import parse_args
+
+    assert message in usage_error(capsys, parse_args, argv)
+
+
+def test_bench_table_names_its_baseline():
+    from drsan_kit.edge_runtime.bench import markdown
+
+    row = {"backend": "tflite-int8", "tile": None, "median_ms": 1.0, "output_mp_per_s": 1.0, "speed_vs_torch": 1.0}
+    report = {"scale": 4, "variant": "32s", "frame": "64x48", "threads": 2, "runs": 1, "machine": "m", "results": [row]}
+    assert "| vs PyTorch eager |" in markdown(report | {"baseline": "torch-full"})
+    text = markdown(report | {"baseline": "tflite-int8"})
+    assert "| vs tflite-int8 |" in text and "PyTorch eager on the whole frame was skipped" in text
+
+
+def test_tiling_frames_are_0_to_4(capsys):
+    from drsan_kit.eval.tiling import main
+
+    assert "argument --frames: invalid choice: 7" in usage_error(capsys, main, ["--frames", "7"])
