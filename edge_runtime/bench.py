@@ -28,9 +28,9 @@ import numpy as np
 from ..core.variants import SCALES, VARIANTS
 from .artifact import open_artifact
 from .backends import BackendError, cpu_threads, open_backend
-from .contract import (DEFAULT_MARGIN, DEFAULT_TILE, MANIFEST_NAME, QAT, WHOLE_FRAME, ManifestError, Window, argtype,
-                       artifact_kinds, backend_spec, choose_window, format_tile, parse_count, parse_margin,
-                       parse_threads, parse_tile, read_manifest)
+from .contract import (DEFAULT_MARGIN, DEFAULT_TILE, MANIFEST_NAME, PRECISIONS, QAT, WHOLE_FRAME, ManifestError,
+                       Window, argtype, artifact_kinds, backend_spec, choose_window, format_tile, parse_count,
+                       parse_margin, parse_threads, parse_tile, read_manifest)
 from .upscaler import Upscaler, time_frames
 from ..core import provenance
 from ..core.atomic import atomic_path
@@ -140,8 +140,21 @@ def plan(args, threads: int) -> list[tuple[str, Upscaler, str]]:
             one_shot = open_artifact(art.path, e.format, scale=args.scale, window=WHOLE_FRAME, threads=threads)
             jobs.append((name + "-full", one_shot.backend, one_shot.window,
                          "one-shot, whole frame (interpreter resized)"))
+    _check_names(args, skip, {label for label, *_ in jobs}, manifest)
     return [(label, Upscaler(backend, margin=args.margin, window=window), note)
             for label, backend, window, note in jobs if label not in skip]
+
+
+def _check_names(args, skip: set, labels: set, manifest):
+    """ValueError for a --skip or --whole-frame name that matches nothing: a typo would time (or leave out)
+    something other than what was asked, without a word."""
+    if unknown := sorted(skip - set(PRECISIONS) - labels):
+        raise ValueError(f"--skip {', '.join(unknown)}: neither a precision nor a row of this table "
+                         f"(rows: {', '.join(sorted(labels))})")
+    tflite = {e.precision for e in (manifest.artifacts if manifest else []) if e.format == "tflite"}
+    if missing := sorted(set(filter(None, args.whole_frame.split(","))) - tflite):
+        raise ValueError(f"--whole-frame {', '.join(missing)}: no TFLite model of that precision in "
+                         f"{args.artifacts or 'the table (no --artifacts)'}")
 
 
 def bench(label: str, up: Upscaler, frame: np.ndarray, args, note: str) -> dict:
@@ -166,6 +179,8 @@ def main(argv=None):
     threads = cpu_threads(args.threads)
     problems = [f"--{flag} {path}: {why}" for flag, path in (("json", args.json), ("md", args.md))
                 if path and (why := writable_file(path))]
+    if args.json and args.md and args.json.resolve() == args.md.resolve():
+        problems.append(f"--json and --md are the same file ({args.json}); one would replace the other")
     if problems:
         print(f"error: {'; '.join(problems)}", file=sys.stderr)
         return 2

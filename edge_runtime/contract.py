@@ -499,6 +499,8 @@ def read_manifest(folder) -> Manifest | None:
     """folder/manifest.json as a Manifest; None when there is none; ManifestError when it is unusable."""
     path = Path(folder) / MANIFEST_NAME
     if not path.is_file():
+        if path.exists():   # a folder of that name: no manifest can be read or written there
+            raise ManifestError(f"{path}: not a file")
         return None
     try:
         data = json.loads(path.read_text())

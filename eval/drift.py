@@ -45,9 +45,9 @@ from ..core.datasets import benchmark_root, find_sets, load_pairs
 from ..core.metrics import CONVENTIONS, psnr, psnr_y, rgb_to_y, ssim_y
 from ..core.variants import SCALES, VARIANTS
 from ..edge_runtime.artifact import open_artifact
-from ..edge_runtime.contract import (DEFAULT_MARGIN, WHOLE_FRAME, Window, abilities, argtype, artifact_extensions,
-                                     artifact_kinds, backend_spec, choose_window, kind_of_path, parse_margin,
-                                     parse_threads, parse_window, read_manifest)
+from ..edge_runtime.contract import (DEFAULT_MARGIN, PRECISIONS, WHOLE_FRAME, Window, abilities, argtype,
+                                     artifact_extensions, artifact_kinds, backend_spec, choose_window, kind_of_path,
+                                     parse_margin, parse_threads, parse_window, read_manifest)
 from ..edge_runtime.upscaler import Upscaler
 from ..edge_runtime.verify import verify_artifact
 from ..core import provenance
@@ -69,6 +69,19 @@ class Artifact:
     pad: bool = True        # small images padded up to the tile (False: the backend resizes instead)
     label: str = ""
     rows: list = field(default_factory=list)
+
+
+def unlisted_models(folder: Path) -> list[dict]:
+    """{"file", "reason"} of the model files in a folder with a manifest that the manifest does not list:
+    they are not measured (nothing says what they are), and a gate must not pass as if they were."""
+    manifest = read_manifest(folder)
+    if manifest is None:
+        return []
+    found = [{"file": p.name, "reason": "not listed in manifest.json, so not measured"}
+             for p in sorted(folder.iterdir()) if kind_of_path(p) in artifact_kinds() and not manifest.entry(p.name)]
+    for s in found:
+        print(f"skipped {s['file']}: {s['reason']}", file=sys.stderr)
+    return found
 
 
 def discover(folder: Path, scale: int) -> list[Artifact]:
@@ -134,6 +147,10 @@ class Reference:
     def get(self, key: str, lr: np.ndarray, tile, margin: int, pad: bool = True) -> np.ndarray:
         how = "full" if tile is None else f"{tile[0]}x{tile[1]}m{margin}" + ("" if pad else "nopad")
         full_key = f"{key}|{how}"
+        if full_key not in self.store and self.args.reference is not None:
+            # computing it here would mix two references in one report, labelled as the loaded one
+            raise EvalError(f"{self.args.reference} has no reference output for {key} ({how}): it was saved from "
+                            "other images, --tile or --margin; save it again with these")
         if full_key not in self.store:
             # tile like the artifact does, padding (or not) included
             up = Upscaler(self.backend, margin=margin, window=Window(tile, pad and tile is not None))
@@ -281,10 +298,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     check_targets(args)
     artifacts = select_artifacts(args)
+    unlisted = unlisted_models(args.artifacts)
     store = Reference.load(args.reference, args.variant, args.scale) if args.reference else None
     reference = Reference(args, store)
     work, empty = load_sets(args)
     ups, skipped = open_all(artifacts, args, reference)
+    skipped += unlisted
     heat = measure(work, ups, reference, args)
     if args.save_reference:
         with writing(args.save_reference):
@@ -333,6 +352,8 @@ def select_artifacts(args) -> list[Artifact]:
     if not args.artifacts.is_dir():
         raise EvalError(f"artifact folder {args.artifacts} not found")
     excluded = set(filter(None, args.exclude.split(",")))
+    if unknown := sorted(excluded - set(PRECISIONS)):   # a typo would exclude nothing without a word
+        raise EvalError(f"--exclude {', '.join(unknown)}: not a precision (known: {', '.join(PRECISIONS)})")
     artifacts = [a for a in discover(args.artifacts, args.scale) if a.precision not in excluded]
     if not artifacts:
         raise EvalError(f"--exclude {args.exclude} leaves no artifact of {args.artifacts}")
@@ -347,6 +368,8 @@ def load_sets(args) -> tuple[list[tuple[Path, list]], list[str]]:
     sets = find_sets(data)
     if args.sets:
         wanted = list(filter(None, args.sets.split(",")))
+        if not wanted:
+            raise EvalError(f"--sets {args.sets!r} names no set")
         missing = [w for w in wanted if w not in {s.name for s in sets}]
         if missing:
             raise EvalError(f"no set {', '.join(missing)} under {data} (found: {', '.join(s.name for s in sets)})")

@@ -153,3 +153,14 @@ def test_tiling_frames_are_0_to_4(capsys):
     from drsan_kit.eval.tiling import main
 
     assert "argument --frames: invalid choice: 7" in usage_error(capsys, main, ["--frames", "7"])
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--skip", "int9"], "error: --skip int9: neither a precision nor a row of this table"),
+    (["--whole-frame", "fp32"], "error: --whole-frame fp32: no TFLite model of that precision"),
+    (["--json", "same.txt", "--md", "same.txt"], "error: --json and --md are the same file"),
+])
+def test_bench_names_that_match_nothing_are_refused(argv, message, shipped_x4, tmp_path):
+    argv = [str(tmp_path / a) if a == "same.txt" else a for a in argv]
+    proc = no_traceback(run_tool("edge_runtime/bench.py", "--frame", "64x48", "--runs", "1", *argv, check=False))
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr

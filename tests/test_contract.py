@@ -173,6 +173,11 @@ def test_manifest_breaking_the_schema_is_named(tmp_path, change, message):
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(ManifestError, match="unreadable"):
         read_manifest(tmp_path)
+    (tmp_path / "manifest.json").unlink()
+    (tmp_path / "manifest.json").mkdir()
+    with pytest.raises(ManifestError, match="manifest.json: not a file"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").rmdir()
     (tmp_path / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(ManifestError, match="nested too deeply"):
         read_manifest(tmp_path)

@@ -147,3 +147,29 @@ def test_save_reference_never_overwrites_the_reference_it_reads(two_onnx, tiny_d
                  "--save-reference", ref)
     assert "would overwrite the --reference input" in one_error_line(proc)
     assert ref.read_bytes() == before
+
+
+def test_a_model_the_manifest_does_not_list_fails_the_gate(two_onnx, tiny_data, tmp_path):
+    arts = tmp_path / "extra"
+    shutil.copytree(two_onnx, arts)
+    shutil.copy(arts / FIXED, arts / "extra_model.onnx")
+    proc = drift("--artifacts", arts, "--data", tiny_data, "--out", tmp_path / "rep", "--max-drift", "1")
+    assert proc.returncode == 4 and "extra_model.onnx was skipped, not measured (not listed in manifest.json" \
+        in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--exclude", "int9"], "--exclude int9: not a precision"),
+    (["--sets", ",,"], "--sets ',,' names no set"),
+])
+def test_names_that_match_nothing_are_refused(two_onnx, tiny_data, tmp_path, args, message):
+    proc = drift("--artifacts", two_onnx, "--data", tiny_data, "--out", tmp_path / "rep", *args)
+    assert message in one_error_line(proc)
+
+
+def test_a_reference_saved_from_other_images_is_not_completed_silently(two_onnx, tiny_data, tmp_path):
+    ref = tmp_path / "ref.npz"
+    drift("--artifacts", two_onnx, "--data", tiny_data, "--out", tmp_path / "r1", "--save-reference", ref)
+    proc = drift("--artifacts", two_onnx, "--data", tiny_data, "--out", tmp_path / "r2", "--reference", ref,
+                 "--margin", "4")
+    assert "has no reference output for" in one_error_line(proc) and "save it again" in proc.stderr
