@@ -38,6 +38,11 @@ _WANTED = (".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".dib", ".tif", ".t
            ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".jp2", ".j2k", ".avif", ".heic", ".heif")
 Image.init()
 IMAGE_EXTENSIONS = tuple(e for e in _WANTED if e in Image.registered_extensions())
+# what save_image and save_animation write: the formats the kit also reads, where this Pillow build has a
+# writer. Pillow writes others too (PDF, EPS, XBM, ICO, ...), but they are documents, icons or bilevel
+# formats that the kit neither reads back nor has been checked against (PDF's writer fails on save_image's
+# progress-reporting file, XBM takes only 1-bit images), so they are refused by name instead
+WRITABLE_EXTENSIONS = tuple(e for e in IMAGE_EXTENSIONS if Image.registered_extensions()[e] in Image.SAVE)
 _NEEDS = {".heic": "pip install 'drsan-edge-kit[heic]' (pillow-heif)",
           ".heif": "pip install 'drsan-edge-kit[heic]' (pillow-heif)",
           ".avif": "pip install 'pillow>=11.3'"}
@@ -301,6 +306,7 @@ def save_animation(path: str | os.PathLike, frames: Iterable[tuple[LoadedImage, 
     holds several frames (GIF, WebP, PNG, TIFF)."""
     path = Path(path)
     fmt = Image.registered_extensions().get(path.suffix.lower())
+    _check_writable(path)
     if not holds_frames(path):
         raise ImageError(f"{path}: {fmt or path.suffix!r} cannot hold several frames; use .gif, .webp, .png or .tif")
     pils, durations = [], []
@@ -314,7 +320,9 @@ def save_animation(path: str | os.PathLike, frames: Iterable[tuple[LoadedImage, 
     modes = {im.mode for im in pils}
     if len(modes) > 1 and fmt not in _PAGED_FORMATS:   # e.g. a GIF whose later frames gained transparency
         mode = "RGBA" if any(m in ("RGBA", "LA") for m in modes) else "RGB"
-        pils = [im.convert(mode) for im in pils]
+        # Pillow's convert() clips a 16-bit page to 0-255 (nearly all white) instead of scaling it, and the
+        # shared RGB(A) mode holds 8 bits anyway: scale such pages down first
+        pils = [_eight_bit(im).convert(mode) for im in pils]
     kwargs = {"duration": durations, "loop": loop} if fmt in ("GIF", "PNG", "WEBP", "AVIF") else {}
     try:
         with atomic_path(path) as tmp:
@@ -322,6 +330,15 @@ def save_animation(path: str | os.PathLike, frames: Iterable[tuple[LoadedImage, 
     except (OSError, KeyError, ValueError) as exc:
         raise ImageError(f"{path}: cannot write {len(pils)} {pils[0].mode} frames as {fmt} ({exc})") from None
     return path
+
+
+def _check_writable(path: Path):
+    """ImageError unless the kit writes images of this file name's format (WRITABLE_EXTENSIONS)."""
+    ext = path.suffix.lower()
+    if ext not in WRITABLE_EXTENSIONS:
+        known = "unknown image extension" if Image.registered_extensions().get(ext) is None else \
+            "not an image format the kit writes"
+        raise ImageError(f"{path}: {known} {path.suffix or '(none)'!r}; use one of {' '.join(WRITABLE_EXTENSIONS)}")
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
@@ -350,10 +367,17 @@ _NO_ALPHA = {"JPEG", "BMP", "DIB", "PPM"}
 _SIXTEEN_BIT = {"PNG", "TIFF", "PPM", "JPEG2000"}
 
 
+def _eight_bit(pil: Image.Image) -> Image.Image:
+    """A 16-bit gray image (I;16) scaled to 8-bit gray (65535 -> 255, rounded); any other passes through."""
+    if pil.mode != "I;16":
+        return pil
+    return Image.fromarray(((np.asarray(pil).astype(np.uint32) + 128) // 257).astype(np.uint8), "L")
+
+
 def _fit_mode(pil: Image.Image, fmt: str) -> Image.Image:
     """Drop what the output format cannot store (16 bits, alpha) instead of failing on it."""
-    if pil.mode == "I;16" and fmt not in _SIXTEEN_BIT:
-        pil = Image.fromarray(((np.asarray(pil).astype(np.uint32) + 128) // 257).astype(np.uint8), "L")
+    if fmt not in _SIXTEEN_BIT:
+        pil = _eight_bit(pil)
     if pil.mode in ("RGBA", "LA") and fmt in _NO_ALPHA:
         pil = pil.convert("RGB" if pil.mode == "RGBA" else "L")
     return pil
@@ -419,8 +443,7 @@ def save_image(path: str | os.PathLike, img: LoadedImage | np.ndarray, quality: 
         img = LoadedImage(rgb)
     path = Path(path)
     fmt = Image.registered_extensions().get(path.suffix.lower())
-    if fmt is None:
-        raise ImageError(f"{path}: unknown image extension {path.suffix!r}")
+    _check_writable(path)
     encoded = _sixteen_bit_colour_bytes(img, fmt)
     if encoded is not None:
         try:

@@ -26,10 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
-from ..core.images import (IMAGE_EXTENSIONS, ImageError, format_sizes, frame_count, frame_sizes, holds_frames,
-                           keeps_frame_sizes, load_frames, load_image, missing_reader, save_animation, save_image)
+from ..core.images import (IMAGE_EXTENSIONS, WRITABLE_EXTENSIONS, ImageError, format_sizes, frame_count, frame_sizes,
+                           holds_frames, keeps_frame_sizes, load_frames, load_image, missing_reader, save_animation,
+                           save_image)
 from ..core.variants import SCALES
 from .artifact import open_artifact
 from .backends import BackendError, open_backend
@@ -77,8 +79,10 @@ def parse_args(argv=None):
     ap.add_argument("--out", type=Path, default=Path("results"),
                     help="output folder, or output file for a single input (default ./results)")
     ap.add_argument("--ext", default=None,
-                    help="output image format, e.g. png, jpg, tif or bmp (default: same as input). For very large "
-                         "outputs jpg, bmp or tif save many times faster than png (see docs/runtime.md)")
+                    help="output format (default: same as input): an image one (png, jpg, tif, bmp, ...) applies "
+                         "to image inputs, a video one (mp4, mkv, webm, ...) to video inputs; inputs of the other "
+                         "kind keep their own format, and an --ext that fits none of the inputs is an error. For "
+                         "very large outputs jpg, bmp or tif save many times faster than png (see docs/runtime.md)")
     ap.add_argument("--benchmark", type=int, default=0, metavar="N",
                     help="time the first input's first frame N times after a warm-up and print JSON; writes nothing")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -87,7 +91,35 @@ def parse_args(argv=None):
         ap.error("give at least one input image, folder or video")
     if args.benchmark < 0:
         ap.error(f"--benchmark takes a number of runs (1 or more, or 0 for none), not {args.benchmark}")
+    if args.ext is not None:
+        # checked here, before the model loads: a format the kit cannot write would otherwise fail per input,
+        # after every input had been through the model
+        ext = "." + args.ext.lower().lstrip(".")
+        if ext not in WRITABLE_EXTENSIONS + VIDEO_EXTENSIONS:
+            pillow = Image.registered_extensions().get(ext)   # e.g. PDF: Pillow writes it, the kit does not
+            why = (f"Pillow writes {pillow}, but run.py writes only the image formats it also reads" if pillow
+                   else "not a format run.py writes")
+            ap.error(f"--ext {args.ext!r}: {why}; images: {' '.join(WRITABLE_EXTENSIONS)}; "
+                     f"videos: {' '.join(VIDEO_EXTENSIONS)}")
+        args.ext = ext
     return args
+
+
+def ext_misfit(ext: str | None, items: list[tuple[Path, Path]]) -> str | None:
+    """Why --ext fits none of the inputs (an image format for videos only, or the reverse), else None.
+
+    --ext applies to the inputs of its own kind, so that one folder of photos and clips can take, say,
+    --ext jpg; it is an error only where it would change nothing, since then it was surely meant otherwise."""
+    if ext is None:
+        return None
+    kinds = {"image" if f.suffix.lower() in IMAGE_EXTENSIONS else "video"
+             for f, _ in items if f.suffix.lower() in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS}
+    kind = "video" if ext in VIDEO_EXTENSIONS else "image"
+    if not kinds or kind in kinds:
+        return None   # no input of a known kind: each one fails with its own reason later
+    allowed = WRITABLE_EXTENSIONS if kind == "video" else VIDEO_EXTENSIONS
+    return (f"--ext {ext.lstrip('.')} is {'a video' if kind == 'video' else 'an image'} format, but every input is "
+            f"{'an image' if kind == 'video' else 'a video'}; use one of {' '.join(allowed)}")
 
 
 def open_model(args):
@@ -117,8 +149,8 @@ def collect(inputs: list[str]) -> list[tuple[Path, Path]]:
 
 
 def output_path(args, src: Path, rel: Path, scale: int, single: bool) -> Path:
-    is_video = src.suffix.lower() in VIDEO_EXTENSIONS
-    ext = src.suffix.lower() if is_video or not args.ext else "." + args.ext.lower().lstrip(".")
+    own_kind = VIDEO_EXTENSIONS if src.suffix.lower() in VIDEO_EXTENSIONS else IMAGE_EXTENSIONS
+    ext = args.ext if args.ext in own_kind else src.suffix.lower()   # --ext changes only inputs of its kind
     if single and args.out.suffix and not args.out.is_dir():
         return args.out
     return args.out / rel.parent / f"{rel.stem}_x{scale}{ext}"
@@ -208,11 +240,11 @@ def process_video(job: Job, src: Path, dst: Path) -> tuple[int, list[float], flo
     try:
         with VideoWriter(dst, info["fps"], audio_from=src if info["audio"] else None) as writer, \
                 tqdm(total=info["frames"], desc=src.name, unit="frame", leave=False, disable=not job.bars) as bar:
-            for rgb in read_frames(src):
+            for rgb, at, shown in read_frames(src, times=True):   # each frame keeps its time (variable rates)
                 t0 = time.perf_counter()
                 out = job.up.frame(rgb, out_dtype=np.uint8)
                 times.append((time.perf_counter() - t0) * 1000)
-                writer.write(out)
+                writer.write(out, time=at, shown=shown)
                 mp += out.shape[0] * out.shape[1] / 1e6
                 bar.update(1)
     except VideoError as exc:
@@ -278,6 +310,10 @@ def run_one(job: Job, src: Path, dst: Path, inputs: set[Path]) -> tuple[int, lis
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    items = collect(args.inputs)   # before the model loads, so that a misfit --ext costs nothing
+    if misfit := ext_misfit(args.ext, items):
+        print(f"error: {misfit}", file=sys.stderr)
+        return 2
     try:
         backend, window, found = open_model(args)
         up = Upscaler(backend, margin=args.margin, window=window)
@@ -285,7 +321,6 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     desc = describe(args, backend, window, found)
-    items = collect(args.inputs)
     if not items:
         print(f"error: no images or videos in {', '.join(args.inputs)}", file=sys.stderr)
         return 1
@@ -328,7 +363,9 @@ def main(argv=None) -> int:
         print(f"{done} frame(s), median {statistics.median(all_ms):.1f} ms/frame, "
               f"{total_mp / (sum(all_ms) / 1000):.2f} output MP/s ({wall:.1f} s in all)"
               + (f", {failed} input(s) skipped" if failed else ""), file=sys.stderr)
-    return 0 if done and not (failed and single) else 1
+    # docs/runtime.md: exit 1 when any input failed, even if the others were written, so that a script
+    # sees it; files in a folder that are not images or videos never get here (collect leaves them out)
+    return 0 if done and not failed else 1
 
 
 if __name__ == "__main__":

@@ -21,6 +21,9 @@ import numpy as np
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v", ".ts", ".mts", ".m2ts", ".3gp")
 # the audio codec a container gets when it cannot store the source's (any other: AAC)
 _AUDIO_CODECS = {".webm": "libopus"}
+_MOV_FAMILY = (".mp4", ".mov", ".m4v", ".3gp")
+# by channel count: layouts that both the AAC and the Opus encoder accept
+_STANDARD_LAYOUTS = {1: "mono", 2: "stereo", 3: "3.0", 4: "quad", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
 
 
 class VideoError(ValueError):
@@ -59,9 +62,12 @@ def _video_stream(container, path):
     raise VideoError(f"{path}: no audio or video stream found: the file is cut short or damaged")
 
 
-def read_frames(path) -> Iterator[np.ndarray]:
+def read_frames(path, times: bool = False) -> Iterator:
     """Decoded RGB frames; a stream that breaks off mid-way, or ends clearly before the length its file
-    declares, raises VideoError after the last good frame."""
+    declares, raises VideoError after the last good frame.
+
+    times: yield (rgb, seconds, shown_for) instead, each frame's presentation time and how long it is
+    shown (its stored duration, else 1 / fps; both None for a frame without a timestamp), so that a writer can keep a variable frame rate."""
     import av
 
     n, first, end = 0, None, None
@@ -71,10 +77,13 @@ def read_frames(path) -> Iterator[np.ndarray]:
             for frame in container.decode(stream):
                 rgb = frame.to_ndarray(format="rgb24")
                 turns = _quarter_turns(frame)
+                shown = None
                 if frame.time is not None:
                     first = frame.time if first is None else first
-                    end = frame.time + _frame_seconds(frame, stream)
-                yield np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
+                    shown = _frame_seconds(frame, stream)
+                    end = frame.time + shown
+                rgb = np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
+                yield (rgb, frame.time, shown) if times else rgb
                 n += 1
             if end is not None:
                 _check_length(path, stream, n, first, end)
@@ -139,10 +148,16 @@ def _clock_seconds(text: str) -> float | None:
 
 
 class VideoWriter:
-    """Context manager; on any exception the partial file is removed.
+    """Context manager; on any exception, or when the file cannot be finished, the partial file is
+    removed, and a failure to finish raises VideoError: nothing is left at `path` unless all of it was
+    written.
 
     audio_from: a video whose first audio track is copied into the output (re-encoded only where the
     output container cannot store its codec; `note` then says so)."""
+
+    # a time base fine enough for any source's frame times (the MPEG clock); used only when write() is
+    # given frame times
+    _TIMED_BASE = Fraction(1, 90000)
 
     def __init__(self, path, fps: Fraction, codec: str = "libx264", crf: int = 18, audio_from=None):
         self.path, self.fps, self.codec, self.crf = Path(path), fps, codec, crf
@@ -151,6 +166,8 @@ class VideoWriter:
         self.audio_from, self.source, self.audio = audio_from, None, None
         self.reencoded = False   # the audio is encoded again instead of copied (see _add_audio)
         self.note = None   # set when the encoding differs from the usual one, and why
+        self._first_time = self._last_pts = None
+        self._shown = {}   # pts -> duration of frames given a time: the encoder drops frame durations
 
     def __enter__(self):
         import av
@@ -172,12 +189,23 @@ class VideoWriter:
         return round(start / src_audio.time_base)
 
     def _copy_audio(self):
-        """The source's audio packets, unchanged but for their shifted timestamps."""
+        """The source's audio packets, unchanged but for their shifted timestamps.
+
+        Packets before the track's own start time are the encoder's priming (AAC, Opus and AC-3 start
+        with one, at a negative time): the decoder needs them to get the first samples right, so they
+        stay wherever the audio they prime is kept. Audio that plays before the first video frame (a
+        video that starts later than its sound) is cut."""
         src_audio = self.source.streams.audio[0]
         shift = self._audio_shift(src_audio)
+        start = src_audio.start_time
         for packet in self.source.demux(src_audio):
-            if packet.pts is None or packet.pts - shift < 0:
-                continue   # flush packets, and audio from before the first video frame
+            if packet.pts is None:
+                continue   # the demuxer's flush packet
+            if start is None:
+                start = packet.pts
+            priming = packet.pts < start
+            if packet.pts - shift < 0 and not (priming and start >= shift):
+                continue
             packet.pts -= shift
             packet.dts = packet.dts - shift if packet.dts is not None else None
             packet.stream = self.audio
@@ -189,29 +217,61 @@ class VideoWriter:
         shift = self._audio_shift(src_audio)
         for frame in self.source.decode(src_audio):
             if frame.pts is None or frame.pts - shift < 0:
-                continue
+                continue   # the decoder already dropped the priming: this is sound before the video
             frame.pts -= shift
             for packet in self.audio.encode(frame):
                 self.container.mux(packet)
         for packet in self.audio.encode(None):
             self.container.mux(packet)
 
+    def _can_copy(self, src_audio) -> bool:
+        """Whether the output container stores the source's audio packets as they are.
+
+        add_stream_from_template refuses only codecs the muxer has no tag for; some it accepts fail later,
+        when the header or trailer is written (Opus or FLAC in .mov, PCM with an unnamed channel layout
+        in .mp4), which would lose the whole video at the end. So a few of the source's packets are first
+        muxed into a throwaway container of the same format in memory: if that closes cleanly, so will the
+        real one."""
+        import io
+
+        import av
+
+        fmt = self.container.format.name
+        try:
+            with av.open(str(self.audio_from)) as source, av.open(io.BytesIO(), "w", format=fmt) as trial:
+                audio = source.streams.audio[0]
+                stream = trial.add_stream_from_template(audio)
+                for k, packet in enumerate(source.demux(audio)):
+                    if k >= 64:
+                        break
+                    if packet.dts is not None:
+                        packet.stream = stream
+                        trial.mux(packet)
+        except (ValueError, av.FFmpegError):
+            return False
+        return True
+
     def _add_audio(self, src_audio):
         """The output's audio stream: the source track as it is when the container can store its codec,
         else encoded again in the container's usual one (webm holds only Opus and Vorbis, so an mp4's AAC
         becomes Opus), with a note, since dropping or refusing the sound is not what anyone asks for."""
-        try:   # ValueError: FFmpeg says the container cannot store this codec
-            return self.container.add_stream_from_template(src_audio)
-        except ValueError:
-            pass
         import av
 
+        if self._can_copy(src_audio):
+            try:
+                return self.container.add_stream_from_template(src_audio)
+            except ValueError:
+                pass
         codec = _AUDIO_CODECS.get(self.path.suffix.lower(), "aac")
         name = src_audio.codec_context.name
         try:
             rates = av.Codec(codec, "w").audio_rates
             rate = src_audio.rate if not rates or src_audio.rate in rates else max(rates)
-            stream = self.container.add_stream(codec, rate=rate, layout=src_audio.layout)
+            # a layout known only by its channel count ("2 channels", as PCM in Matroska or AVI has) is
+            # refused by the AAC encoder, and Opus takes only some named ones: the encoder gets the
+            # standard layout for the count, and its resampler maps the samples over
+            layout = _STANDARD_LAYOUTS.get(src_audio.layout.nb_channels, src_audio.layout)
+            stream = self.container.add_stream(codec, rate=rate, layout=layout)
         except (ValueError, av.FFmpegError) as exc:
             raise VideoError(f"{self.path}: {self.path.suffix} cannot hold the source's {name} audio, and "
                              f"re-encoding it as {codec} failed ({exc}); use .mkv, which holds any audio") from None
@@ -223,7 +283,10 @@ class VideoWriter:
     def _add_note(self, text: str):
         self.note = text if self.note is None else f"{self.note}; {text}"
 
-    def write(self, rgb: np.ndarray):
+    def write(self, rgb: np.ndarray, time: float | None = None, shown: float | None = None):
+        """One frame. time, shown: the source frame's presentation time and how long it is shown, in
+        seconds (read_frames(path, times=True) gives both); with them a variable frame rate, or a frame
+        held for seconds, keeps its timing, which a constant rate from `fps` would squeeze."""
         import av
 
         h, w = rgb.shape[:2]
@@ -236,40 +299,76 @@ class VideoWriter:
                                "(yuv444p) to keep every pixel; some browsers and hardware players play only 4:2:0")
             self.stream = self.container.add_stream(codec, rate=self.fps)
             self.stream.width, self.stream.height, self.stream.pix_fmt = w, h, pix_fmt
+            if time is not None:
+                self.stream.codec_context.time_base = self._TIMED_BASE
+                self._first_time = time
             if codec == "libx264":
-                self.stream.options = {"crf": str(self.crf)}
+                options = {"crf": str(self.crf)}
+                if time is not None and self.path.suffix.lower() in _MOV_FAMILY:
+                    # an mp4 track ends at its last packet's decode time plus duration; with B-frames the
+                    # last packet decodes long before a frame held at the end is shown, and the video
+                    # would end early (Matroska and WebM end at the last presentation time)
+                    options["bf"] = "0"
+                self.stream.options = options
             if self.source is not None and self.source.streams.audio:
                 # video first, as players expect; every stream must exist before the first packet
                 self.audio = self._add_audio(self.source.streams.audio[0])
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        if self._first_time is not None:
+            base = self._TIMED_BASE
+            step = round(1 / (self.fps * base)) if self.fps else 1
+            if time is None:   # a frame without a timestamp follows the one before at the nominal rate
+                pts = self._last_pts + step
+            else:   # pts must rise: a repeated or backward time moves one tick past the frame before
+                pts = round((time - self._first_time) / base)
+                pts = pts if self._last_pts is None else max(pts, self._last_pts + 1)
+            frame.pts, frame.time_base = pts, base
+            self._shown[pts] = max(1, round(shown / base)) if shown else step
+            self._last_pts = pts
         try:   # the first packet writes the header, where the muxer may refuse what it was given
             for packet in self.stream.encode(frame):
-                self.container.mux(packet)
+                self._mux_video(packet)
         except av.FFmpegError as exc:
             raise VideoError(f"{self.path}: cannot write the video ({exc})") from None
+
+    def _mux_video(self, packet):
+        # the last frame's duration is the end of the video: a frame held for seconds (a slideshow, a
+        # paused screen recording) would otherwise end one nominal frame interval after it starts
+        shown = self._shown.pop(packet.pts, None) if packet.time_base == self._TIMED_BASE else None
+        if shown is not None:
+            packet.duration = shown
+        self.container.mux(packet)
 
     def __exit__(self, exc_type, exc, tb):
         import av
 
-        ok = exc_type is None and self.stream is not None
+        failure = None
         try:
-            if ok:
+            if exc_type is None and self.stream is not None:
                 for packet in self.stream.encode():
-                    self.container.mux(packet)
+                    self._mux_video(packet)
                 if self.audio is not None:
                     self._encode_audio() if self.reencoded else self._copy_audio()
         except av.FFmpegError as err:
-            ok = False
-            raise VideoError(f"{self.audio_from or self.path}: cannot finish the video ({err})") from None
-        finally:
-            for c in (self.container, self.source):
-                try:
-                    if c is not None:
-                        c.close()
-                except av.FFmpegError:
-                    ok = False
-            if ok:
+            failure = err
+        # closing writes the trailer (an mp4's index), the last place the muxer can refuse the file
+        for c in (self.container, self.source):
+            try:
+                if c is not None:
+                    c.close()
+            except (OSError, av.FFmpegError) as err:
+                failure = failure or err
+        done = exc_type is None and self.stream is not None and failure is None
+        try:
+            if done:
                 os.replace(self.tmp, self.path)
             elif self.tmp.exists():
                 self.tmp.unlink()
+        except OSError as err:   # the destination became a folder, or the disk went read-only
+            failure = failure or err
+            done = False
+            self.tmp.unlink(missing_ok=True)
+        if exc_type is None and not done:
+            why = failure if failure is not None else "no frames were written"
+            raise VideoError(f"{self.audio_from or self.path}: cannot finish the video ({why})") from None
         return False

@@ -184,3 +184,75 @@ def test_animation_writer_never_crops_frames_to_the_first(tmp_path):
     with Image.open(tmp_path / "a.tif") as tif:
         assert [p.size for p in ImageSequence.Iterator(tif)] == [(32, 24), (50, 10)]
 
+
+
+def test_ext_is_checked_before_the_model_loads(runtime, monkeypatch, tmp_path):
+    opened = []
+    stand_in = run.open_model
+    monkeypatch.setattr(run, "open_model", lambda args: opened.append(args) or stand_in(args))
+    Image.new("RGB", (8, 6), (9, 9, 9)).save(tmp_path / "a.png")
+    clip = write_video(tmp_path / "clip.mp4", frames=2, size=(16, 16))
+    out = tmp_path / "out"
+    for src, ext, message in [
+            (tmp_path / "a.png", "pdf", "--ext 'pdf': Pillow writes PDF, but run.py writes only the image formats"),
+            (tmp_path / "a.png", "xbm", "--ext 'xbm': Pillow writes XBM, but run.py writes only the image formats"),
+            (tmp_path / "a.png", "xyz", "--ext 'xyz': not a format run.py writes"),
+            (tmp_path / "a.png", "", "--ext '': not a format run.py writes"),
+            (tmp_path / "a.png", "mp4", "--ext mp4 is a video format, but every input is an image"),
+            (clip, "png", "--ext png is an image format, but every input is a video")]:
+        code, err = runtime(src, "--ext", ext, "--out", out)
+        assert code == 2 and message in one_error_line(err), err
+    assert opened == [] and files_under(out) == []
+    # the library writer refuses such a format with its own error too, progress callback or not
+    from drsan_kit.core.images import ImageError, LoadedImage, save_image
+
+    for on_write in (None, lambda n: None):
+        with pytest.raises(ImageError, match="not an image format the kit writes"):
+            save_image(tmp_path / "a.pdf", LoadedImage(np.zeros((4, 4, 3), np.float32)), on_write=on_write)
+    assert not (tmp_path / "a.pdf").exists()
+    # upper case and a leading dot are the same format; a mixed folder: --ext changes only its own kind
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (tmp_path / "a.png").rename(mixed / "a.png")
+    clip.rename(mixed / "clip.mp4")
+    code, err = runtime(mixed, "--ext", ".MKV", "--out", out)
+    assert code == 0 and files_under(out) == ["a_x2.png", "clip_x2.mkv"], err
+    code, err = runtime(mixed, "--ext", "JPG", "--out", tmp_path / "out2")
+    assert code == 0 and files_under(tmp_path / "out2") == ["a_x2.jpg", "clip_x2.mp4"], err
+
+
+def test_any_failed_input_makes_the_exit_status_1_and_the_others_are_written(runtime, tmp_path):
+    Image.new("RGB", (8, 6), (9, 9, 9)).save(tmp_path / "a.png")
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    out = tmp_path / "out"
+    for other, message in [(tmp_path / "missing.png", "missing.png: no such file"),
+                           (tmp_path / "bad.png", "bad.png: cannot read image")]:
+        code, err = runtime(tmp_path / "a.png", other, "--out", out)
+        assert code == 1 and f"skipped: {other}" in err and message in err and "Traceback" not in err, err
+        assert files_under(out) == ["a_x2.png"]
+    # in a folder: a damaged image fails the run; a file that is no image by its name (a README) is not an
+    # input at all (docs/runtime.md: folders expand to their images and videos), so it is passed over silently
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.new("RGB", (8, 6)).save(folder / "b.png")
+    (folder / "README.txt").write_text("photos from the trip\n")
+    code, err = runtime(folder, "--out", tmp_path / "o1")
+    assert code == 0 and files_under(tmp_path / "o1") == ["b_x2.png"] and "README" not in err, err
+    (tmp_path / "bad.png").rename(folder / "bad.png")
+    code, err = runtime(folder, "--out", tmp_path / "o2")
+    assert code == 1 and "skipped:" in err and "1 input(s) skipped" in err, err
+    assert files_under(tmp_path / "o2") == ["b_x2.png"]
+
+
+def test_sixteen_bit_gray_page_is_scaled_not_clipped_in_an_8_bit_animation(runtime, tmp_path):
+    pages = [Image.new("RGB", (8, 6), (200, 40, 40)),
+             Image.fromarray(np.full((6, 8), 40000, np.uint16)),   # 40000 / 257: 156 at 8 bits, not 255
+             Image.new("RGBA", (8, 6), (10, 20, 30, 128))]
+    pages[0].save(tmp_path / "modes.tif", save_all=True, append_images=pages[1:])
+    for ext in ("png", "gif"):
+        code, err = runtime(tmp_path / "modes.tif", "--ext", ext, "--out", tmp_path / "out")
+        assert code == 0, err
+        with Image.open(tmp_path / "out" / f"modes_x2.{ext}") as anim:
+            frames = [np.asarray(f.convert("RGB")).astype(int) for f in ImageSequence.Iterator(anim)]
+        assert len(frames) == 3 and frames[1].shape == (12, 16, 3)
+        assert np.abs(frames[1] - 156).max() <= 2, frames[1][0, 0]

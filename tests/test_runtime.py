@@ -64,8 +64,8 @@ def test_bad_image_is_a_one_line_error_and_writes_nothing(onnx_artifacts, tmp_pa
 def test_bad_file_in_folder_is_skipped_with_reason(onnx_artifacts, photos, tmp_path):
     (photos / "broken.png").write_bytes(b"not a png")
     (photos / "notes.txt").write_text("ignored: not an image extension")
-    proc = run_tool("edge_runtime/run.py", "--onnx", _onnx(onnx_artifacts), photos, "--out", tmp_path / "o")
-    assert "skipped" in proc.stderr and "broken.png" in proc.stderr
+    proc = run_tool("edge_runtime/run.py", "--onnx", _onnx(onnx_artifacts), photos, "--out", tmp_path / "o", check=False)
+    assert proc.returncode == 1 and "skipped" in proc.stderr and "broken.png" in proc.stderr
     assert (tmp_path / "o" / "a_x4.png").exists()
 
 
