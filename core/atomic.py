@@ -7,16 +7,25 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-@contextmanager
-def atomic_path(path):
-    """Yield a temporary path beside `path`; rename it onto `path` on success, delete it on failure."""
+def temp_beside(path, keep_suffix: bool = False) -> Path:
+    """A new, uniquely named empty file beside `path` (its folder made), with the user's usual permissions.
+    keep_suffix: end its name with path's suffix, for writers that choose the format by it (FFmpeg)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    stem, suffix = (path.stem, f".part{path.suffix}") if keep_suffix else (path.name, ".part")
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)   # mkstemp makes 0600 files; give the user's usual permissions
+    return Path(tmp)
+
+
+@contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside `path`; rename it onto `path` on success, delete it on failure."""
+    path = Path(path)
+    tmp = temp_beside(path)
     try:
         yield Path(tmp)
         os.replace(tmp, path)

@@ -18,6 +18,8 @@ from typing import Iterator
 
 import numpy as np
 
+from ..core.atomic import temp_beside
+
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v", ".ts", ".mts", ".m2ts", ".3gp")
 # the audio codec a container gets when it cannot store the source's (any other: AAC)
 _AUDIO_CODECS = {".webm": "libopus"}
@@ -161,7 +163,7 @@ class VideoWriter:
 
     def __init__(self, path, fps: Fraction, codec: str = "libx264", crf: int = 18, audio_from=None):
         self.path, self.fps, self.codec, self.crf = Path(path), fps, codec, crf
-        self.tmp = self.path.with_name(f".{self.path.stem}.part{self.path.suffix}")
+        self.tmp = None   # made unique in __enter__: two runs writing one output must not share it
         self.container = self.stream = None
         self.audio_from, self.source, self.audio = audio_from, None, None
         self.reencoded = False   # the audio is encoded again instead of copied (see _add_audio)
@@ -173,7 +175,7 @@ class VideoWriter:
         import av
 
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = temp_beside(self.path, keep_suffix=True)   # the suffix tells FFmpeg the container
             self.container = av.open(str(self.tmp), mode="w")
             if self.audio_from is not None:
                 self.source = av.open(str(self.audio_from))
@@ -362,8 +364,8 @@ class VideoWriter:
         try:
             if done:
                 os.replace(self.tmp, self.path)
-            elif self.tmp.exists():
-                self.tmp.unlink()
+            elif self.tmp is not None:
+                self.tmp.unlink(missing_ok=True)
         except OSError as err:   # the destination became a folder, or the disk went read-only
             failure = failure or err
             done = False

@@ -165,3 +165,13 @@ def test_read_frames_times_follow_the_source(tmp_path):
     assert [round(t, 3) for _, t, _ in back] == [0.0, 0.1, 0.2, 0.3, 0.4]
     assert all(s == pytest.approx(0.1) for _, _, s in back)
     assert all(np.array_equal(a, b) for (a, _, _), b in zip(back, read_frames(src)))
+
+
+def test_two_writers_of_one_output_do_not_share_a_temporary_file(tmp_path):
+    dst = tmp_path / "same.mp4"
+    frame = np.zeros((16, 16, 3), np.uint8)
+    with VideoWriter(dst, Fraction(10)) as first, VideoWriter(dst, Fraction(10)) as second:
+        assert first.tmp != second.tmp and first.tmp.suffix == ".mp4" and first.tmp.parent == tmp_path
+        first.write(frame)
+        second.write(frame + 255)
+    assert dst.exists() and [p.name for p in tmp_path.iterdir()] == ["same.mp4"]
