@@ -214,6 +214,8 @@ PRECISIONS = {p.name: p for p in (
     _integer("int16x8", "int16", "float32", "every-crop", (PTQ,), "int16x8"),
 )}
 TFLITE_MODES = tuple(name for name, p in PRECISIONS.items() if "tflite" in p.formats)
+# the formats the kit's converters build; a backend registered from outside (docs/extending.md) names none
+_BUILT_FORMATS = {f for p in PRECISIONS.values() for f in p.formats}
 
 
 def precision(name: str) -> Precision:
@@ -450,12 +452,12 @@ def _check_entry(i: int, a, bad):
     if a["format"] not in artifact_kinds():
         bad(f"{name}: unknown format {a['format']!r} (known: {', '.join(artifact_kinds())})")
     if kind_of_path(name) != a["format"]:
-        bad(f"{name}: format {a['format']} does not match the file name (expected {', '.join(BACKENDS[a['format']].extensions)})")
+        bad(f"{name}: format {a['format']} does not match the file name "
+            f"(expected {', '.join(BACKENDS[a['format']].extensions)})")
     p = PRECISIONS.get(a["precision"])
     if p is None:
         bad(f"{name}: unknown precision {a['precision']!r} (known: {', '.join(PRECISIONS)})")
-    built = {f for q in PRECISIONS.values() for f in q.formats}   # a backend added from outside names none
-    if a["format"] in built and a["format"] not in p.formats:
+    if a["format"] in _BUILT_FORMATS and a["format"] not in p.formats:
         bad(f"{name}: precision {p.name} is not built as {a['format']}")
     tile = a.get("tile")
     if tile is not None and not (isinstance(tile, list) and len(tile) == 2 and all(map(_positive_int, tile))):
@@ -503,12 +505,36 @@ def read_manifest(folder) -> Manifest | None:
             raise ManifestError(f"{path}: not a file")
         return None
     try:
-        data = json.loads(path.read_text())
+        text = path.read_text()
+        if _nesting(text) > MAX_NESTING:
+            raise ManifestError(f"{path}: unreadable manifest (nested too deeply)")
+        data = json.loads(text)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ManifestError(f"{path}: unreadable manifest ({exc})") from None
-    except RecursionError:   # nesting deeper than the parser's stack; no manifest is written so
-        raise ManifestError(f"{path}: unreadable manifest (nested too deeply)") from None
     return Manifest.from_dict(data, str(path))
+
+
+# Far deeper than any manifest the converters write (5 levels). json's C parser recurses once per
+# level and stops at the recursion limit, but a process that imported onnx2tf (the converters) has
+# that limit raised to 2**31, and there a deeply nested file overflows the C stack: a crash, not an error
+MAX_NESTING = 64
+
+
+def _nesting(text: str) -> int:
+    """How deep JSON text nests its [ and { (outside strings), without parsing it."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (ch == "\\", ch != '"')
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
 
 
 def write_manifest(folder, manifest: Manifest) -> Path:

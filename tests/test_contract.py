@@ -237,3 +237,17 @@ def test_manifest_tool_prints_a_table_or_one_line_error(tmp_path):
     assert proc.returncode == 2 and "no manifest.json" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_tool("edge_runtime/manifest.py", tmp_path, "--md", tmp_path / "manifest.json" / "table.md", check=False)
     assert proc.returncode == 2 and "cannot write" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_deep_manifest_is_an_error_even_where_the_recursion_limit_was_raised(tmp_path):
+    """onnx2tf raises the recursion limit to 2**31 in every process that imports it (the converters); there
+    json's C parser would overflow the C stack on a deeply nested manifest instead of raising."""
+    import subprocess
+    import sys
+
+    (tmp_path / "manifest.json").write_text("[" * 200_000 + "]" * 200_000)
+    code = ("import sys; sys.setrecursionlimit(2**31 - 1)\n"
+            "from drsan_kit.edge_runtime.contract import ManifestError, read_manifest\n"
+            f"try:\n    read_manifest({str(tmp_path)!r})\nexcept ManifestError as exc:\n    print(exc)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "nested too deeply" in proc.stdout, proc.stderr[-300:]
