@@ -27,9 +27,24 @@ def atomic_path(path):
     path = Path(path)
     tmp = temp_beside(path)
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def unwritable(path, folder: bool = False) -> str | None:
+    """Why `path` (a file, or with folder=True a folder) could not be written, or None; creates nothing.
+    Tools ask before their long work, so that a bad output path fails in a second, not at the end."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        return "it is a file; give a folder" if folder else "it is a folder; give a file name"
+    start = path if folder else path.parent
+    existing = next(p for p in (start, *start.parents) if p.exists())
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot write in {existing} (permission denied)"
+    return None

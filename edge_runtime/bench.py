@@ -18,7 +18,6 @@ if __name__ == "__main__" and not __package__:   # run by path, e.g. python edge
 
 import argparse
 import json
-import os
 import platform
 import sys
 from pathlib import Path
@@ -33,7 +32,7 @@ from .contract import (DEFAULT_MARGIN, DEFAULT_TILE, MANIFEST_NAME, PRECISIONS, 
                        parse_margin, parse_threads, parse_tile, read_manifest)
 from .upscaler import Upscaler, time_frames
 from ..core import provenance
-from ..core.atomic import atomic_path
+from ..core.atomic import atomic_path, unwritable
 
 
 def frame_dims(text: str) -> tuple[int, int]:
@@ -98,18 +97,6 @@ def parse_args(argv=None):
     ap.add_argument("--json", type=Path, default=None, help="write results as JSON")
     ap.add_argument("--md", type=Path, default=None, help="write results as a Markdown table")
     return ap.parse_args(argv)
-
-
-def writable_file(path: Path) -> str | None:
-    """Why `path` cannot be written as a file, or None; nothing is created (checked before the timing)."""
-    if path.is_dir():
-        return "it is a folder; give a file name"
-    parent = next(p for p in (path.parent, *path.parent.parents) if p.exists())
-    if not parent.is_dir():
-        return f"{parent} is a file, not a folder"
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return f"cannot write in {parent} (permission denied)"
-    return None
 
 
 def plan(args, threads: int) -> list[tuple[str, Upscaler, str]]:
@@ -178,7 +165,7 @@ def main(argv=None):
     args = parse_args(argv)
     threads = cpu_threads(args.threads)
     problems = [f"--{flag} {path}: {why}" for flag, path in (("json", args.json), ("md", args.md))
-                if path and (why := writable_file(path))]
+                if path and (why := unwritable(path))]
     if args.json and args.md and args.json.resolve() == args.md.resolve():
         problems.append(f"--json and --md are the same file ({args.json}); one would replace the other")
     if problems:

@@ -44,11 +44,11 @@ def probe(path) -> dict:
     try:
         with av.open(str(path)) as container:
             stream = _video_stream(container, path)
-            rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+            rate = _rate(stream)
             first = next(container.decode(stream), None)
             turns = _quarter_turns(first) if first is not None else 0
             w, h = (stream.height, stream.width) if turns % 2 else (stream.width, stream.height)
-            return {"fps": Fraction(rate), "frames": stream.frames or None, "width": w, "height": h,
+            return {"fps": rate, "frames": stream.frames or None, "width": w, "height": h,
                     "audio": bool(container.streams.audio)}
     except av.FFmpegError as exc:
         raise VideoError(f"{path}: cannot read video ({exc.__class__.__name__}: {exc})") from None
@@ -104,8 +104,13 @@ def _frame_seconds(frame, stream) -> float:
     return _interval(stream)
 
 
+def _rate(stream) -> Fraction:
+    """Frames per second: the stream's average, else FFmpeg's guess, else 25."""
+    return Fraction(stream.average_rate or stream.guessed_rate or Fraction(25))
+
+
 def _interval(stream) -> float:
-    return float(1 / (stream.average_rate or stream.guessed_rate or Fraction(25)))
+    return float(1 / _rate(stream))
 
 
 def _check_length(path, stream, n: int, first: float, end: float):
@@ -259,11 +264,8 @@ class VideoWriter:
         becomes Opus), with a note, since dropping or refusing the sound is not what anyone asks for."""
         import av
 
-        if self._can_copy(src_audio):
-            try:
-                return self.container.add_stream_from_template(src_audio)
-            except ValueError:
-                pass
+        if self._can_copy(src_audio):   # it added the same stream to a container of this format
+            return self.container.add_stream_from_template(src_audio)
         codec = _AUDIO_CODECS.get(self.path.suffix.lower(), "aac")
         name = src_audio.codec_context.name
         try:

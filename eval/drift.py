@@ -30,7 +30,6 @@ if __name__ == "__main__" and not __package__:   # run by path, e.g. python eval
 import argparse
 import contextlib
 import json
-import os
 import platform
 import sys
 import zipfile
@@ -51,6 +50,7 @@ from ..edge_runtime.contract import (DEFAULT_MARGIN, PRECISIONS, WHOLE_FRAME, Wi
 from ..edge_runtime.upscaler import Upscaler
 from ..edge_runtime.verify import verify_artifact
 from ..core import provenance
+from ..core.atomic import unwritable
 from . import cli
 from .benchmark import DATA_HELP
 from .cli import EvalError
@@ -71,35 +71,25 @@ class Artifact:
     rows: list = field(default_factory=list)
 
 
-def unlisted_models(folder: Path) -> list[dict]:
-    """{"file", "reason"} of the model files in a folder with a manifest that the manifest does not list:
-    they are not measured (nothing says what they are), and a gate must not pass as if they were."""
-    manifest = read_manifest(folder)
-    if manifest is None:
-        return []
-    found = [{"file": p.name, "reason": "not listed in manifest.json, so not measured"}
-             for p in sorted(folder.iterdir()) if kind_of_path(p) in artifact_kinds() and not manifest.entry(p.name)]
-    for s in found:
-        print(f"skipped {s['file']}: {s['reason']}", file=sys.stderr)
-    return found
+def discover(folder: Path, scale: int) -> tuple[list[Artifact], list[dict]]:
+    """(artifacts in folder, {"file", "reason"} of its model files that are not measured).
 
-
-def discover(folder: Path, scale: int) -> list[Artifact]:
-    """Artifacts in folder: from its manifest when present, else by file extension (the backend registry's)."""
+    With a manifest the artifacts are its entries, and a model file it does not list is not measured
+    (nothing says what it is): a gate must not pass as if it were. Without one, every file with a
+    model extension (the backend registry's) is an artifact."""
     manifest = read_manifest(folder)
-    found = []
+    if manifest and manifest.model.scale != scale:
+        raise EvalError(f"{folder}/manifest.json describes x{manifest.model.scale} artifacts, not x{scale}")
+    models = [(p, kind) for p in sorted(folder.iterdir()) if (kind := kind_of_path(p)) in artifact_kinds()]
     if manifest:
-        if manifest.model.scale != scale:
-            raise EvalError(f"{folder}/manifest.json describes x{manifest.model.scale} artifacts, not x{scale}")
-        for e in manifest.artifacts:
-            found.append(Artifact(folder / e.file, e.format, e.precision, e.tile))
+        found = [Artifact(folder / e.file, e.format, e.precision, e.tile) for e in manifest.artifacts]
+        unlisted = [{"file": p.name, "reason": "not listed in manifest.json, so not measured"}
+                    for p, _ in models if not manifest.entry(p.name)]
     else:
-        for p in sorted(folder.iterdir()):
-            if (kind := kind_of_path(p)) in artifact_kinds():
-                found.append(Artifact(p, kind, "unknown", None))
+        found, unlisted = [Artifact(p, kind, "unknown", None) for p, kind in models], []
     if not found:
         raise EvalError(f"no artifacts ({artifact_extensions()}) in {folder}")
-    return found
+    return found, unlisted
 
 
 class Reference:
@@ -297,8 +287,9 @@ def parse_limit(text: str) -> float:
 def main(argv=None) -> int:
     args = parse_args(argv)
     check_targets(args)
-    artifacts = select_artifacts(args)
-    unlisted = unlisted_models(args.artifacts)
+    artifacts, unlisted = select_artifacts(args)
+    for s in unlisted:
+        print(f"skipped {s['file']}: {s['reason']}", file=sys.stderr)
     store = Reference.load(args.reference, args.variant, args.scale) if args.reference else None
     reference = Reference(args, store)
     work, empty = load_sets(args)
@@ -329,14 +320,8 @@ def check_targets(args):
 
 def writable(path: Path, flag: str, folder: bool):
     """EvalError unless `path` (a folder, or a file) can be made or replaced; nothing is created."""
-    if path.exists() and path.is_dir() != folder:
-        raise EvalError(f"{flag} {path} is {'a file; give a folder' if folder else 'a folder; give a file name'}")
-    start = path if folder else path.parent
-    existing = next(p for p in (start, *start.parents) if p.exists())
-    if not existing.is_dir():
-        raise EvalError(f"{flag} {path}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise EvalError(f"{flag} {path}: cannot write in {existing} (permission denied)")
+    if why := unwritable(path, folder):
+        raise EvalError(f"{flag} {path}: {why}")
 
 
 @contextlib.contextmanager
@@ -348,16 +333,18 @@ def writing(path: Path):
         raise EvalError(f"cannot write {path} ({exc.strerror or exc})") from None
 
 
-def select_artifacts(args) -> list[Artifact]:
+def select_artifacts(args) -> tuple[list[Artifact], list[dict]]:
+    """(the artifacts to measure, the model files not measured; see discover)."""
     if not args.artifacts.is_dir():
         raise EvalError(f"artifact folder {args.artifacts} not found")
     excluded = set(filter(None, args.exclude.split(",")))
     if unknown := sorted(excluded - set(PRECISIONS)):   # a typo would exclude nothing without a word
         raise EvalError(f"--exclude {', '.join(unknown)}: not a precision (known: {', '.join(PRECISIONS)})")
-    artifacts = [a for a in discover(args.artifacts, args.scale) if a.precision not in excluded]
+    found, unlisted = discover(args.artifacts, args.scale)
+    artifacts = [a for a in found if a.precision not in excluded]
     if not artifacts:
         raise EvalError(f"--exclude {args.exclude} leaves no artifact of {args.artifacts}")
-    return artifacts
+    return artifacts, unlisted
 
 
 def load_sets(args) -> tuple[list[tuple[Path, list]], list[str]]:

@@ -134,7 +134,7 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_evaluation(flag,
         taken.mkdir()
     args = ["--artifacts", one_damaged, "--data", tiny_data, "--out", tmp_path / "rep", flag, taken]
     proc = drift(*args)
-    assert one_error_line(proc).startswith(f"error: {flag} {taken} is a")
+    assert one_error_line(proc).startswith(f"error: {flag} {taken}: it is a")
     assert "skipped" not in proc.stderr   # stopped before any artifact was opened, let alone run
     assert flag != "--out" or taken.read_bytes() == b"keep me"
 
