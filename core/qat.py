@@ -18,6 +18,9 @@ the int8 TFLite artifact computes (converters/to_tflite.py, PReLU spelled "sub")
 
 Ranges are tracked: an exponential moving average of each tensor's batch min/max
 while the model trains, frozen with `freeze_ranges` for the last part of fine-tuning.
+Or, after `learn_ranges`, they are learned: each range's width and centre become
+parameters that the loss trains through the rounding (in the manner of LSQ), starting
+from the ranges the tensors have.
 Gradients pass the rounding straight through (torch's fake-quantize ops).
 The returned module shares the model's parameters: the optimizer, checkpoints and
 every loader keep seeing a plain DRSAN; the ranges travel in the checkpoint's
@@ -54,6 +57,26 @@ def qparams(lo: float, hi: float) -> tuple[float, int]:
     return scale, zero
 
 
+def _round_ste(t: torch.Tensor) -> torch.Tensor:
+    """Rounding whose gradient is the identity (straight through)."""
+    return t + (t.round() - t).detach()
+
+
+def fake_quantize_learnable(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """int8 rounding of x on the range [lo, hi], differentiable in lo and hi as well as in x.
+
+    The same grid as `qparams` and torch's fake-quantize (0 exact, the zero point a whole number),
+    so the range that ships gives the TFLite file the rounding that was trained."""
+    # scale and zero point in double, the rounding in float32: as qparams and torch's op do it, so that
+    # ties (common in flat image regions) round alike
+    lo, hi = lo.double().clamp(max=0.0), hi.double().clamp(min=0.0)
+    scale = ((hi - lo) / (QMAX - QMIN)).clamp(min=1e-8)
+    zero = _round_ste(QMIN - lo / scale).clamp(QMIN, QMAX).float()
+    scale = scale.float()
+    q = (_round_ste(x * (1.0 / scale)) + zero).clamp(QMIN, QMAX)
+    return (q - zero) * scale
+
+
 def _widened(record, x):
     """(min, max) so far, widened by tensor x: the global range "record" mode collects."""
     lo, hi = float(x.detach().amin()), float(x.detach().amax())
@@ -77,6 +100,7 @@ class ActQuant(nn.Module):
         self.register_buffer("frozen", torch.zeros((), dtype=torch.bool))
         self.mode = "quantize"
         self.record = None
+        self.learned = False
 
     def forward(self, x):
         if self.mode == "off":
@@ -84,10 +108,39 @@ class ActQuant(nn.Module):
         if self.mode == "record":
             self.record = _widened(self.record, x)
             return x
-        if self.training and not bool(self.frozen):
+        if self.training and not bool(self.frozen) and not self.learned:
             self._track(x.detach())
+        return self.quantize(x)
+
+    def quantize(self, x):
+        """x rounded to this tensor's int8 range (also used for the inputs requantized to it)."""
+        if self.learned and self.log_width.requires_grad:
+            lo, hi = self.learned_bounds()
+            return fake_quantize_learnable(x, lo, hi)
         scale, zero = qparams(float(self.lo), float(self.hi))
         return torch.fake_quantize_per_tensor_affine(x, scale, zero, QMIN, QMAX)
+
+    def learn(self):
+        """Make the range trainable: width anchor * exp(log_width), centre anchor + shift * anchor width."""
+        self.register_buffer("anchor", torch.stack([self.lo, self.hi]).detach().clone())
+        self.log_width = nn.Parameter(torch.zeros((), device=self.lo.device))
+        self.shift = nn.Parameter(torch.zeros((), device=self.lo.device))
+        self.learned = True
+
+    def learned_bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        lo0, hi0 = self.anchor[0], self.anchor[1]
+        width0 = (hi0 - lo0).clamp(min=1e-8)
+        # written as offsets from the anchor, so that zero parameters give the anchor exactly
+        move, grow = self.shift * width0, torch.expm1(self.log_width) * width0 / 2
+        return lo0 + move - grow, hi0 + move + grow
+
+    @torch.no_grad()
+    def sync(self):
+        """Write a learned range into lo/hi, where exports and checkpoints read it."""
+        if self.learned:
+            lo, hi = self.learned_bounds()
+            self.lo.copy_(lo)
+            self.hi.copy_(hi)
 
     @torch.no_grad()
     def _track(self, x):
@@ -135,8 +188,7 @@ class TiedQuant(nn.Module):
             return x
         if self.mode == "off" or not bool(self.owner.seen):
             return x
-        scale, zero = qparams(float(self.owner.lo), float(self.owner.hi))
-        return torch.fake_quantize_per_tensor_affine(x, scale, zero, QMIN, QMAX)
+        return self.owner.quantize(x)
 
 
 class SigmoidQuant(nn.Module):
@@ -292,9 +344,39 @@ def set_mode(gm: nn.Module, mode: str):
             m.mode = mode
 
 
+def learnable_quants(gm: nn.Module) -> dict[str, ActQuant]:
+    """The ranges `learn_ranges` can train: all but the output image's fixed one."""
+    return {name: m for name, m in act_quants(gm).items() if not isinstance(m, ImageQuant)}
+
+
+def learn_ranges(gm: nn.Module) -> list[nn.Parameter]:
+    """Turn every range (already tracked or loaded) into trainable parameters; returns them for an
+    optimizer. They start at the current ranges (log_width = shift = 0)."""
+    quants = learnable_quants(gm)
+    unseen = [name for name, m in quants.items() if not bool(m.seen) and not m.learned]
+    if unseen:
+        raise ValueError(f"learned ranges start from existing ones; {len(unseen)} tensors have none "
+                         f"(e.g. {unseen[0]}): start from a QAT checkpoint")
+    params = []
+    for m in quants.values():
+        if not m.learned:   # a resumed run's are restored by load_range_state
+            m.learn()
+        params += [m.log_width, m.shift]
+    return params
+
+
+def sync_ranges(gm: nn.Module):
+    for m in act_quants(gm).values():
+        m.sync()
+
+
 def freeze_ranges(gm: nn.Module):
+    sync_ranges(gm)
     for m in act_quants(gm).values():
         m.frozen.fill_(True)
+        if m.learned:
+            m.log_width.requires_grad_(False)
+            m.shift.requires_grad_(False)
 
 
 def is_frozen(gm: nn.Module) -> bool:
@@ -304,6 +386,7 @@ def is_frozen(gm: nn.Module) -> bool:
 def ranges(gm: nn.Module) -> dict[str, list[float]]:
     """Every tracked range, by the tensor's name in the simulation: what checkpoints carry.
     The requantized concatenation inputs (`<concatenation>_in<j>`) carry the concatenation's range."""
+    sync_ranges(gm)
     out = {}
     for name, m in gm.named_modules():
         owner = m.owner if isinstance(m, TiedQuant) else m if isinstance(m, ActQuant) else None
@@ -355,15 +438,28 @@ def recorded_ranges(gm: nn.Module, inputs) -> dict[str, tuple[float, float]]:
         gm.train(was_training)
 
 
+_LEARNED_STATE = ("anchor", "log_width", "shift")
+
+
 def range_state(gm: nn.Module) -> dict[str, torch.Tensor]:
-    """Every range's buffers (tracked or not, frozen or not): what a resume state keeps."""
+    """Every range's buffers (tracked or not, frozen or not) and learned parameters: what a resume
+    state keeps."""
+    sync_ranges(gm)
     return {f"{name}.{b}": getattr(m, b).detach().clone() for name, m in act_quants(gm).items()
-            for b in ("lo", "hi", "seen", "frozen")}
+            for b in ("lo", "hi", "seen", "frozen") + (_LEARNED_STATE if m.learned else ())}
 
 
 def load_range_state(gm: nn.Module, state: dict[str, torch.Tensor]):
+    """Restore `range_state`, learned ranges as learned ones."""
     quants = act_quants(gm)
-    for key, value in state.items():
-        name, buf = key.rsplit(".", 1)
-        getattr(quants[name], buf).copy_(value)
+    with torch.no_grad():
+        for key, value in state.items():
+            name, buf = key.rsplit(".", 1)
+            if buf in _LEARNED_STATE and not quants[name].learned:
+                quants[name].learn()
+            getattr(quants[name], buf).copy_(value)
+    for m in quants.values():
+        if m.learned and bool(m.frozen):
+            m.log_width.requires_grad_(False)
+            m.shift.requires_grad_(False)
     _fix_image_range(gm)

@@ -148,7 +148,14 @@ def learning_rate(args, it: int, seconds: float = 0.0) -> float:
         progress = min(1.0, seconds / (60 * args.time_budget))
     else:
         progress = min(1.0, it / max(1, args.iters))
-    return args.min_lr + (args.lr - args.min_lr) * 0.5 * (1 + math.cos(math.pi * progress)) * warm
+    floor = min(args.min_lr, args.lr)   # --lr 0 keeps the weights as they are
+    return floor + (args.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress)) * warm
+
+
+def range_lr(args, it: int, seconds: float = 0.0) -> float:
+    """The learned int8 ranges' learning rate: --qat-range-lr on the weights' schedule, down to 0."""
+    return learning_rate(argparse.Namespace(**{**vars(args), "lr": args.qat_range_lr, "min_lr": 0.0}),
+                         it, seconds)
 
 
 @torch.no_grad()
@@ -333,6 +340,13 @@ def parse_args(argv=None):
     ap.add_argument("--qat-freeze", type=int, default=None, metavar="ITER",
                     help="with --qat: stop tracking the int8 ranges at this iteration and fine-tune the weights "
                          "to the frozen ranges for the rest of the run")
+    ap.add_argument("--qat-ranges", choices=["tracked", "learned"], default="tracked",
+                    help="with --qat: tracked (default) follows each int8 range with a moving average of the "
+                         "batches' min/max; learned trains each range's width and centre with the loss, starting "
+                         "from the ranges of the --init-from QAT checkpoint (use --lr 0 to train the ranges alone)")
+    ap.add_argument("--qat-range-lr", type=float, default=1e-3, metavar="LR",
+                    help="with --qat-ranges learned: peak learning rate of the ranges' log-width and centre "
+                         "(in units of the starting width); same schedule as --lr")
     ap.add_argument("--teacher", default=None, metavar="CKPT",
                     help="distil: the loss compares the output with this float checkpoint's output (same variant "
                          "and scale) instead of the HR patch. With --qat and the shipped float checkpoint as teacher "
@@ -373,6 +387,8 @@ def train(args, argv=None):
     # flags that cannot go together fail before anything is read or written
     if args.qat and args.ema:
         raise TrainingError("--qat and --ema cannot be combined")
+    if args.qat_ranges == "learned" and not args.qat:
+        raise TrainingError("--qat-ranges learned needs --qat")
     if args.distill_weighting != "uniform" and not (args.teacher and args.loss == "l2"):
         raise TrainingError("--distill-weighting relative needs --teacher and --loss l2")
     args.lr = scaled_lr(args.lr, args.lr_scaling, args.batch * int(os.environ.get("WORLD_SIZE", "1")))
@@ -397,6 +413,10 @@ def train(args, argv=None):
     # --init-from its weights, a QAT one its int8 ranges
     source = resume if resume.is_file() else args.init_from
     start = read_checkpoint(source) if source else None
+    if args.qat_ranges == "learned" and not resume.is_file() and not (
+            (start or {}).get("meta", {}).get("qat") or {}).get("ranges"):
+        raise TrainingError("--qat-ranges learned: learned ranges start from existing ones: "
+                            "start from a QAT checkpoint (--init-from)")
     out.mkdir(parents=True, exist_ok=True)   # only now: a damaged --init-from leaves nothing behind
     model = build_model(args.variant, args.scale, skip_head=bool(start and start.get("skip_head", False)))
     # fused Adam: one kernel per step instead of several per tensor (the model has ~100 small tensors)
@@ -421,7 +441,6 @@ def train(args, argv=None):
         _, blob = load_checkpoint(resume, args.variant, args.scale)
         model.load_state_dict(blob["state_dict"])
         ts = blob["train_state"]
-        opt.load_state_dict(ts["optimizer"])
         ema_saved = ts.get("ema")
         state = ts["state"]
         torch.set_rng_state(ts["torch_rng"])
@@ -438,15 +457,27 @@ def train(args, argv=None):
     scored = shipped
     if args.qat:
         # the int8 simulation shares the model's parameters; validation scores what int8 will compute
-        scored = qat.prepare(model)
+        scored = qat.prepare(model).to(device)
         if resume.is_file() and "qat" in ts:
             qat.load_range_state(scored, ts["qat"])
         elif args.init_from:
             # (resuming a run that kept no int8 state: `start` is its last.pt, not the --init-from file)
             carry_qat_ranges(scored, args.init_from,
                              read_checkpoint(args.init_from) if resume.is_file() else start, log)
+        if args.qat_ranges == "learned":
+            try:
+                opt.add_param_group({"params": qat.learn_ranges(scored), "lr": args.qat_range_lr,
+                                     "name": "ranges"})
+            except ValueError as exc:
+                raise TrainingError(f"--qat-ranges learned: {exc}") from None
         net = torch.nn.parallel.DistributedDataParallel(scored) if ddp else scored
         args.amp = "off"   # rounding to int8 steps needs fp32 arithmetic
+    if resume.is_file():
+        try:   # after the learned ranges' parameter group, which the saved optimizer has too
+            opt.load_state_dict(ts["optimizer"])
+        except ValueError:
+            raise TrainingError(f"{resume} was written with other --qat/--qat-ranges options: "
+                                "resume with those, or give another --out") from None
     teacher = load_teacher(args.teacher, args, device, layout, log) if args.teacher else None
     if args.compile:
         net = torch.compile(net)
@@ -488,6 +519,8 @@ def train(args, argv=None):
                 "iterations_before": before, "init_from": args.init_from,
                 "init_from_sha256": state.get("origin", {}).get("sha256"), "teacher": args.teacher,
                 "ranges_frozen_at": args.qat_freeze if qat.is_frozen(scored) else None,
+                "ranges_mode": args.qat_ranges,
+                "range_lr": args.qat_range_lr if args.qat_ranges == "learned" else None,
                 "graph": "int8 TFLite, PReLU spelled sub, concatenation inputs requantized",
                 "validation": "int8 simulation"}
 
@@ -520,7 +553,8 @@ def train(args, argv=None):
             it = state["iteration"]
             lr_now = learning_rate(args, it, state["seconds"] + time.time() - t0)
             for g in opt.param_groups:
-                g["lr"] = lr_now
+                g["lr"] = range_lr(args, it, state["seconds"] + time.time() - t0) if g.get("name") == "ranges" \
+                    else lr_now
             if args.qat and it == args.qat_freeze:
                 qat.freeze_ranges(scored)
             lr_b, hr_b = (t.to(device, non_blocking=True).float().div_(255.0) for t in next(feed))

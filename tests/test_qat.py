@@ -80,6 +80,35 @@ def test_frozen_ranges_stop_moving(x4):
     assert qat.ranges(sim) == before
 
 
+def test_learned_ranges_start_on_the_tracked_grid_and_get_gradients(x4):
+    sim = qat.prepare(x4)
+    sim.train()
+    x = _photos()
+    with torch.no_grad():
+        sim(x)   # tracks the ranges
+        qat.freeze_ranges(sim)
+        tracked = sim(x)
+    params = qat.learn_ranges(sim)
+    assert len(params) == 2 * len(qat.learnable_quants(sim))
+    for m in qat.learnable_quants(sim).values():
+        m.frozen.fill_(False)
+    out = sim(x)
+    # log-width and shift 0: the tracked ranges' int8 grids, rounded alike to the bit (ties included)
+    assert torch.equal(out.detach(), tracked)
+    (out - x4(x).clamp(0, 1).detach()).pow(2).mean().backward()
+    assert sum(float(p.grad.abs()) > 0 for p in params if p.grad is not None) > len(params) // 2
+    # a moved range is what ships and what the simulation then rounds to
+    with torch.no_grad():
+        for p in params[::2]:
+            p.fill_(-0.1)
+    qat.freeze_ranges(sim)
+    for m, r in ((m, qat.ranges(sim)[name]) for name, m in qat.learnable_quants(sim).items()):
+        assert not m.log_width.requires_grad and r[1] - r[0] == pytest.approx(float((m.anchor[1] - m.anchor[0]) * np.exp(-0.1)), rel=1e-5)
+    with torch.no_grad():
+        narrowed = sim(x)
+    assert not torch.equal(narrowed, tracked)
+
+
 def test_output_is_on_the_8bit_levels_whatever_the_data(x4):
     sim = qat.prepare(x4)
     images = [m for m in sim.modules() if isinstance(m, qat.ImageQuant)]

@@ -277,3 +277,34 @@ def test_damaged_init_from_is_a_one_line_error(data, tmp_path):
     with pytest.raises(SystemExit, match=r"^error: .*cut\.pt"):
         train_main(_args(data, tmp_path / "out", 1, init_from=bad))
     assert not (tmp_path / "out").exists()
+
+
+def test_learned_qat_ranges_train_resume_exactly_and_ship(data, tmp_path):
+    train_main(_args(data, tmp_path / "float", 2))
+    train_main(_args(data, tmp_path / "qat", 2, init_from=tmp_path / "float" / "model.pt", qat=True))
+    start = tmp_path / "qat" / "model.pt"
+    tracked = read_checkpoint(start)["meta"]["qat"]["ranges"]
+    learned = dict(init_from=start, qat=True, qat_ranges="learned", qat_range_lr=0.05, qat_freeze=3)
+    a, b = straight_and_resumed(lambda out, iters, **kw: _args(data, out, iters, **learned, **kw), tmp_path)
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    assert all(torch.equal(a["train_state"]["qat"][k], b["train_state"]["qat"][k]) for k in a["train_state"]["qat"])
+    meta = read_checkpoint(tmp_path / "resumed" / "model.pt")["meta"]["qat"]
+    assert meta["ranges_mode"] == "learned" and meta["ranges"].keys() == tracked.keys()
+    moved = [k for k in tracked if meta["ranges"][k] != tracked[k]]
+    assert len(moved) > 100 and all(lo <= hi for lo, hi in meta["ranges"].values())
+    # what ships is what the frozen simulation used: the saved state's range, synced from the parameters
+    k = moved[0]
+    assert meta["ranges"][k] == pytest.approx([float(b["train_state"]["qat"][k + ".lo"]),
+                                               float(b["train_state"]["qat"][k + ".hi"])])
+    # --lr 0 trains the ranges alone: the weights come out as they went in
+    train_main(_args(data, tmp_path / "alone", 3, **{**learned, "lr": 0, "min_lr": 1e-4}))
+    w0, w1 = (read_checkpoint(p)["state_dict"] for p in (start, tmp_path / "alone" / "model.pt"))
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    assert read_checkpoint(tmp_path / "alone" / "model.pt")["meta"]["qat"]["ranges"] != tracked
+    # learned ranges start from trained ones, not from a float checkpoint's nothing
+    with pytest.raises(SystemExit, match="--qat-ranges learned: .*start from a QAT checkpoint"):
+        train_main(_args(data, tmp_path / "fresh", 1, init_from=tmp_path / "float" / "model.pt", qat=True,
+                         qat_ranges="learned"))
+    assert not (tmp_path / "fresh").exists()
+    with pytest.raises(SystemExit, match="--qat-ranges learned needs --qat"):
+        train_main(_args(data, tmp_path / "noqat", 1, qat_ranges="learned"))
