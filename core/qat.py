@@ -134,6 +134,14 @@ class ActQuant(nn.Module):
         move, grow = self.shift * width0, torch.expm1(self.log_width) * width0 / 2
         return lo0 + move - grow, hi0 + move + grow
 
+    def freeze(self):
+        """Stop tracking or learning: the range stays what lo/hi now hold."""
+        self.sync()
+        self.frozen.fill_(True)
+        if self.learned:
+            self.log_width.requires_grad_(False)
+            self.shift.requires_grad_(False)
+
     @torch.no_grad()
     def sync(self):
         """Write a learned range into lo/hi, where exports and checkpoints read it."""
@@ -371,12 +379,8 @@ def sync_ranges(gm: nn.Module):
 
 
 def freeze_ranges(gm: nn.Module):
-    sync_ranges(gm)
     for m in act_quants(gm).values():
-        m.frozen.fill_(True)
-        if m.learned:
-            m.log_width.requires_grad_(False)
-            m.shift.requires_grad_(False)
+        m.freeze()
 
 
 def is_frozen(gm: nn.Module) -> bool:
@@ -460,6 +464,5 @@ def load_range_state(gm: nn.Module, state: dict[str, torch.Tensor]):
             getattr(quants[name], buf).copy_(value)
     for m in quants.values():
         if m.learned and bool(m.frozen):
-            m.log_width.requires_grad_(False)
-            m.shift.requires_grad_(False)
+            m.freeze()
     _fix_image_range(gm)

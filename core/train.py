@@ -551,10 +551,11 @@ def train(args, argv=None):
                 else batches(sampler, args.batch, state["iteration"], workers, pin=device.type == "cuda"))
         while state["iteration"] < stop_at:
             it = state["iteration"]
-            lr_now = learning_rate(args, it, state["seconds"] + time.time() - t0)
+            elapsed = state["seconds"] + time.time() - t0
+            lr_now = learning_rate(args, it, elapsed)
+            range_now = range_lr(args, it, elapsed) if args.qat_ranges == "learned" else None
             for g in opt.param_groups:
-                g["lr"] = range_lr(args, it, state["seconds"] + time.time() - t0) if g.get("name") == "ranges" \
-                    else lr_now
+                g["lr"] = range_now if g.get("name") == "ranges" else lr_now
             if args.qat and it == args.qat_freeze:
                 qat.freeze_ranges(scored)
             lr_b, hr_b = (t.to(device, non_blocking=True).float().div_(255.0) for t in next(feed))
