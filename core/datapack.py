@@ -44,6 +44,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image, features
 
+from . import jsontext
 from .holdout import split_holdout
 from .images import ImageError, list_images, load_image, to_uint8
 
@@ -222,7 +223,7 @@ def pack(data, out, max_mib: float = 30.0, holdout: int = 0, workers: int = 1) -
 def read_manifest(packs) -> dict:
     path = Path(packs) / MANIFEST
     try:
-        manifest = json.loads(path.read_text())
+        manifest = jsontext.loads(path.read_text())
     except FileNotFoundError:
         raise DatapackError(f"{path}: no such file (not a folder made by `datapack.py pack`)") from None
     except (OSError, ValueError) as exc:

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, TypeVar
 
+from ..core import jsontext
+
 DEFAULT_TILE = (192, 336)   # LR (h, w): a 1280x720 frame is 4x4 windows with 8-px margins
 DEFAULT_MARGIN = 8          # LR context pixels kept around each window's core, then cropped away
 MIN_ARTIFACT_TILE = 8       # the smallest fixed input shape a converter will build
@@ -505,36 +507,10 @@ def read_manifest(folder) -> Manifest | None:
             raise ManifestError(f"{path}: not a file")
         return None
     try:
-        text = path.read_text()
-        if _nesting(text) > MAX_NESTING:
-            raise ManifestError(f"{path}: unreadable manifest (nested too deeply)")
-        data = json.loads(text)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = jsontext.loads(path.read_text())
+    except (OSError, ValueError) as exc:
         raise ManifestError(f"{path}: unreadable manifest ({exc})") from None
     return Manifest.from_dict(data, str(path))
-
-
-# Far deeper than any manifest the converters write (5 levels). json's C parser recurses once per
-# level and stops at the recursion limit, but a process that imported onnx2tf (the converters) has
-# that limit raised to 2**31, and there a deeply nested file overflows the C stack: a crash, not an error
-MAX_NESTING = 64
-
-
-def _nesting(text: str) -> int:
-    """How deep JSON text nests its [ and { (outside strings), without parsing it."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for ch in text:
-        if in_string:
-            escaped, in_string = (False, True) if escaped else (ch == "\\", ch != '"')
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif ch in "]}":
-            depth -= 1
-    return deepest
 
 
 def write_manifest(folder, manifest: Manifest) -> Path:

@@ -16,7 +16,7 @@ if __name__ == "__main__" and not __package__:   # run by path, e.g. python edge
 from pathlib import Path
 
 from .contract import (MANIFEST_NAME, ArtifactEntry, Manifest, ManifestError,  # noqa: F401
-                       ModelInfo, artifact_entry, read_manifest, sha256, update_manifest)
+                       ModelInfo, artifact_entry, format_tile, read_manifest, sha256, update_manifest)
 
 
 def markdown_table(folder) -> str:
@@ -30,7 +30,7 @@ def markdown_table(folder) -> str:
              "|---|---|---|---|---|---|---|"]
     for a in manifest.artifacts:
         c = a.check
-        tile = "x".join(map(str, a.tile)) if a.tile else "dynamic"
+        tile = format_tile(a.tile) if a.tile else "dynamic"
         how = "FP16 emulation (estimate)" if c.get("estimate") else "run"
         psnr_cell = f"{c['psnr_vs_reference_db']:.1f} dB" if c.get("psnr_vs_reference_db") is not None else "-"
         err = f"{c['max_abs_error']:.5f}" if c.get("max_abs_error") is not None else "-"

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..core import jsontext
 from ..core.datasets import benchmark_root, find_sets, load_pairs
 from ..core.metrics import CONVENTIONS, psnr, psnr_y, rgb_to_y, ssim_y
 from ..core.variants import SCALES, VARIANTS
@@ -184,7 +185,7 @@ class Reference:
         if not isinstance(z, np.lib.npyio.NpzFile):
             raise ValueError("a single array, not an .npz archive")
         with z:
-            meta = json.loads(bytes(z["__meta__"]).decode())
+            meta = jsontext.loads(bytes(z["__meta__"]).decode())
             return meta, {k: z[k] for k in z.files if k != "__meta__"}
 
 

@@ -107,6 +107,14 @@ def test_manifest_paths_cannot_leave_the_output(data, tmp_path):
     assert not (tmp_path / "escaped.png").exists()
 
 
+def test_a_manifest_nested_too_deeply_is_an_error_not_a_crash(data, tmp_path):
+    pack(data, tmp_path / "packs", max_mib=1)
+    (tmp_path / "packs" / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(DatapackError, match="nested too deeply"):
+        unpack(tmp_path / "packs", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_bad_requests_are_one_line_errors(data, tmp_path, capsys):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "keep.txt").write_text("mine")

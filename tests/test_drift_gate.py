@@ -109,13 +109,18 @@ def _npz_without_meta(path):
     np.savez(path, x=np.zeros(3))
 
 
+def _npz_with_deep_meta(path):
+    np.savez(path, __meta__=np.frombuffer(b"[" * 100_000 + b"]" * 100_000, dtype=np.uint8))
+
+
 @pytest.mark.parametrize("make,message", [
     (None, "not found"),
     (lambda p: Image.new("RGB", (4, 4)).save(p, format="PNG"), "is not a reference saved with --save-reference"),
     (lambda p: p.write_text("hello"), "is not a reference saved with --save-reference"),
     (_npz_without_meta, "is not a reference saved with --save-reference"),
+    (_npz_with_deep_meta, "(nested too deeply)"),
     (lambda p: p.mkdir(), "not found (a folder)"),
-], ids=["missing", "png", "text", "npz-without-meta", "folder"])
+], ids=["missing", "png", "text", "npz-without-meta", "deep-meta", "folder"])
 def test_a_bad_reference_file_is_a_one_line_error(make, message, two_onnx, tiny_data, tmp_path):
     ref = tmp_path / "ref.npz"
     if make:
