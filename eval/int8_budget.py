@@ -120,7 +120,9 @@ def simulation(args, inputs):
     sim = qat.prepare(model)
     if saved:
         qat.load_ranges(sim, saved)
-        source = f"learned ({blob['meta']['qat'].get('iterations')} QAT iterations)"
+        info = blob["meta"]["qat"]
+        how = "learned" if info.get("ranges_mode") == "learned" else "tracked"   # older checkpoints: tracked
+        source = f"{how} in quantization-aware training ({info.get('iterations')} QAT iterations)"
     else:
         qat.load_ranges(sim, {n: list(r) for n, r in qat.recorded_ranges(sim, inputs).items()})
         source = "calibrated on the crops (min/max)"

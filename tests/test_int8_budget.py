@@ -29,7 +29,7 @@ def test_budget_splits_the_error_among_the_tensors(photos, tmp_path, weights):
     run_tool("eval/int8_budget.py", "--scale", "4", "--weights", weights, "--data", photos, "--val-split", "2",
              "--crops", "2", "--crop-size", "48", "--top", "40", "--threads", "1", "--out", out)
     text = out.read_text()
-    assert ("learned" if "qat" in str(weights) else "calibrated on the crops") in text
+    assert ("ranges learned in quantization-aware training" if "qat" in str(weights) else "calibrated on the crops") in text
     rows = dict(re.findall(r"^\| ([^|]+) \| ([\d.]+) \| [\d.]+ dB \| [-+][\d.]+ dB \|$", text, flags=re.M))
     everything = float(rows["every tensor and weight rounded"])
     only_weights = float(rows["weights only"])
