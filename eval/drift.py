@@ -47,7 +47,7 @@ from ..core.variants import SCALES, VARIANTS
 from ..edge_runtime.artifact import open_artifact
 from ..edge_runtime.contract import (DEFAULT_MARGIN, PRECISIONS, WHOLE_FRAME, Window, abilities, argtype,
                                      artifact_extensions, artifact_kinds, backend_spec, choose_window, kind_of_path,
-                                     parse_margin, parse_threads, parse_window, read_manifest)
+                                     parse_margin, parse_threads, parse_window, read_manifest, sha256)
 from ..edge_runtime.upscaler import Upscaler
 from ..edge_runtime.verify import verify_artifact
 from ..core import provenance
@@ -101,6 +101,7 @@ class Reference:
     far more closely; the fidelity columns would measure the reference's own noise."""
 
     def __init__(self, args, store: dict | None):
+        self.loaded = store is not None
         self.store = store or {}
         self.args = args
         self._backend = None
@@ -157,11 +158,19 @@ class Reference:
         from ..core.atomic import atomic_path
 
         meta = {"variant": self.args.variant, "scale": self.args.scale, "device": self.device,
-                "weights": str(self.backend.weights)}
+                "weights": str(self.backend.weights), "weights_sha256": self.weights_sha256()}
         arrays = {k: v for k, v in self.store.items() if not k.startswith("__")}
         # through a file object: given a name, numpy would add ".npz" to one that lacks it
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez_compressed(f, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
+
+    def weights_sha256(self) -> str | None:
+        """SHA-256 of the checkpoint the reference outputs come from; None where unknown (a reference
+        saved before it was recorded, or none computed yet)."""
+        if self.loaded:
+            return self.store.get("__weights_sha256__")
+        weights = getattr(self._backend, "weights", None)
+        return sha256(weights) if weights else None
 
     @staticmethod
     def load(path: Path, variant: str, scale: int) -> dict:
@@ -176,6 +185,8 @@ class Reference:
         if saved != (variant, scale):
             raise EvalError(f"{path} holds DRSAN-{saved[0]} x{saved[1]} outputs, not {variant} x{scale}")
         store["__device__"] = device + " (loaded from " + str(path) + ")"
+        if isinstance(meta.get("weights_sha256"), str):
+            store["__weights_sha256__"] = meta["weights_sha256"]
         return store
 
     @staticmethod
@@ -297,6 +308,8 @@ def main(argv=None) -> int:
     ups, skipped = open_all(artifacts, args, reference)
     skipped += unlisted
     heat = measure(work, ups, reference, args)
+    if other := other_model(args, reference):
+        print(f"note: {other}", file=sys.stderr)
     if args.save_reference:
         with writing(args.save_reference):
             reference.save(args.save_reference)
@@ -306,6 +319,20 @@ def main(argv=None) -> int:
         write_reports(args.out, report, heat)
     print(markdown(report))
     return gate(report, args.max_drift)
+
+
+def other_model(args, reference: Reference) -> str | None:
+    """Why the reference is not the model the artifacts were made from (by their manifest's checkpoint
+    SHA-256), or None when it is or one of the two is unknown. Not an error: measuring artifacts against
+    another model is how a broken conversion shows, but the drift then includes the models' difference."""
+    manifest = read_manifest(args.artifacts)
+    made_from = manifest.model.extra.get("checkpoint_sha256") if manifest else None
+    ours = reference.weights_sha256()
+    if not (isinstance(made_from, str) and ours) or made_from == ours:
+        return None
+    name = Path(manifest.model.checkpoint).name or "its checkpoint"
+    return (f"the reference model (checkpoint SHA-256 {ours[:12]}) is not the one the artifacts were made from "
+            f"({name}, {made_from[:12]}): the drift includes the difference between the two models")
 
 
 def check_targets(args):
@@ -415,7 +442,8 @@ def measure(work, ups, reference: Reference, args) -> dict:
 def build_report(args, ups, sets, reference, skipped=(), empty_sets=()) -> dict:
     return {
         "variant": args.variant, "scale": args.scale, "convention": args.convention, "margin": args.margin,
-        "reference": {"model": "FP32 PyTorch", "device": reference.device, "weights": str(args.weights or "shipped")},
+        "reference": {"model": "FP32 PyTorch", "device": reference.device, "weights": str(args.weights or "shipped"),
+                      "weights_sha256": reference.weights_sha256(), "not_the_artifacts_model": other_model(args, reference)},
         "machine": f"{platform.machine()}, {platform.system()}, Python {platform.python_version()}",
         "artifacts": [{"file": a.path.name, "label": a.label, "kind": a.kind, "precision": a.precision,
                        "tile": list(a.tile) if a.tile else None, "estimate": a.estimate,
@@ -435,6 +463,8 @@ def markdown(report: dict) -> str:
               "quant = artifact - reference tiled the same way. Fidelity: PSNR (RGB, 8-bit) of the artifact's output "
               "against the whole-frame reference, and against the reference tiled the same way (quant fidelity); "
               "max abs: the largest difference in levels from the whole-frame reference.", ""]
+    if other := report["reference"].get("not_the_artifacts_model"):
+        lines += [f"**Note: {other}.**", ""]
     sets = list(report["artifacts"][0]["sets"]) if report["artifacts"] else []
     for s in sets:
         lines += [f"## {s}", "",

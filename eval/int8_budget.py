@@ -292,6 +292,8 @@ def report(args, source, n_crops, rows, alone, roles, prov) -> str:
     for e, name, _ in alone:
         by_role[roles.get(name, "other")] = by_role.get(roles.get(name, "other"), 0.0) + e
     lines += [f"| {role} | {100 * e / total:.1f}% |" for role, e in sorted(by_role.items(), key=lambda kv: -kv[1])]
+    lines += ["", "The output image's error alone is its rounding to 8-bit levels, which every saved output gets, the "
+              "float model's too: it costs no dPSNR."]
     lines += ["", f"The {args.top} costliest tensors:", "", "| tensor | part | range | error alone | share |",
               "|---|---|---|---|---|"]
     for e, name, rng in alone[: args.top]:

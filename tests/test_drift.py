@@ -54,6 +54,10 @@ def test_fp32_onnx_has_no_drift_and_reports_are_written(onnx_artifacts, tiny_set
     rep2 = json.loads((tmp_path / "r2" / "drift.json").read_text())
     assert "loaded from" in rep2["reference"]["device"]
     assert rep2["artifacts"][0]["sets"]["TinyA"]["psnr"] == pytest.approx(entry["sets"]["TinyA"]["psnr"])
+    # the reference is the model the artifacts came from, and the saved one says so too
+    made_from = json.loads((arts / "manifest.json").read_text())["model"]["checkpoint_sha256"]
+    assert rep["reference"]["weights_sha256"] == rep2["reference"]["weights_sha256"] == made_from
+    assert rep["reference"]["not_the_artifacts_model"] is None and rep2["reference"]["not_the_artifacts_model"] is None
 
 
 def test_gate_fails_when_an_artifact_drifts(shipped_x4, tiny_sets, tmp_path):
@@ -69,6 +73,9 @@ def test_gate_fails_when_an_artifact_drifts(shipped_x4, tiny_sets, tmp_path):
     proc = run_tool("eval/drift.py", "--artifacts", arts, "--data", tiny_sets, "--sets", "TinyB",
                     "--weights", shipped_x4, "--out", tmp_path / "r", "--max-drift", "0.1", check=False)
     assert proc.returncode == 3 and "DRIFT GATE FAILED" in proc.stderr
+    # measured against another model than their own, and told so
+    assert "note: the reference model" in proc.stderr and "damaged.pt" in proc.stderr
+    assert "is not the one the artifacts were made from" in (tmp_path / "r" / "drift.md").read_text()
 
 
 def test_int8_tflite_drift_stays_small_and_tiling_adds_none(tflite_artifacts, tiny_sets, tmp_path):
