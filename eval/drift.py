@@ -167,10 +167,13 @@ class Reference:
     def weights_sha256(self) -> str | None:
         """SHA-256 of the checkpoint the reference outputs come from; None where unknown (a reference
         saved before it was recorded, or none computed yet)."""
-        if self.loaded:
+        if self.loaded or "__weights_sha256__" in self.store:
             return self.store.get("__weights_sha256__")
         weights = getattr(self._backend, "weights", None)
-        return sha256(weights) if weights else None
+        if not weights:
+            return None
+        self.store["__weights_sha256__"] = sha256(weights)   # hashed once: the report and the saved file ask too
+        return self.store["__weights_sha256__"]
 
     @staticmethod
     def load(path: Path, variant: str, scale: int) -> dict:
@@ -308,13 +311,14 @@ def main(argv=None) -> int:
     ups, skipped = open_all(artifacts, args, reference)
     skipped += unlisted
     heat = measure(work, ups, reference, args)
-    if other := other_model(args, reference):
+    other = other_model(args, reference)
+    if other:
         print(f"note: {other}", file=sys.stderr)
     if args.save_reference:
         with writing(args.save_reference):
             reference.save(args.save_reference)
         print(f"reference outputs saved to {args.save_reference}", file=sys.stderr)
-    report = build_report(args, ups, [s for s, _ in work], reference, skipped, empty)
+    report = build_report(args, ups, [s for s, _ in work], reference, skipped, empty, other)
     with writing(args.out):
         write_reports(args.out, report, heat)
     print(markdown(report))
@@ -439,11 +443,11 @@ def measure(work, ups, reference: Reference, args) -> dict:
     return heat
 
 
-def build_report(args, ups, sets, reference, skipped=(), empty_sets=()) -> dict:
+def build_report(args, ups, sets, reference, skipped=(), empty_sets=(), other_model_note=None) -> dict:
     return {
         "variant": args.variant, "scale": args.scale, "convention": args.convention, "margin": args.margin,
         "reference": {"model": "FP32 PyTorch", "device": reference.device, "weights": str(args.weights or "shipped"),
-                      "weights_sha256": reference.weights_sha256(), "not_the_artifacts_model": other_model(args, reference)},
+                      "weights_sha256": reference.weights_sha256(), "not_the_artifacts_model": other_model_note},
         "machine": f"{platform.machine()}, {platform.system()}, Python {platform.python_version()}",
         "artifacts": [{"file": a.path.name, "label": a.label, "kind": a.kind, "precision": a.precision,
                        "tile": list(a.tile) if a.tile else None, "estimate": a.estimate,
