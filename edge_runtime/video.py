@@ -88,7 +88,7 @@ def read_frames(path, times: bool = False) -> Iterator:
                 yield (rgb, frame.time, shown) if times else rgb
                 n += 1
             if end is not None:
-                _check_length(path, stream, n, first, end)
+                _check_length(path, container, stream, n, first, end)
     except av.FFmpegError as exc:
         if n == 0:
             raise VideoError(f"{path}: cannot read video ({exc.__class__.__name__}: {exc})") from None
@@ -113,7 +113,7 @@ def _interval(stream) -> float:
     return float(1 / _rate(stream))
 
 
-def _check_length(path, stream, n: int, first: float, end: float):
+def _check_length(path, container, stream, n: int, first: float, end: float):
     """VideoError when the frames decoded stop clearly before the end the video track declares.
 
     A file cut short (a copy or download that stopped) or damaged mid-way usually decodes without any
@@ -123,7 +123,7 @@ def _check_length(path, stream, n: int, first: float, end: float):
     A complete file ends within a frame of its declared length; the tolerance, more than two frame
     intervals AND more than a tenth of the length, leaves room for a last frame whose display time the
     container does not store (variable frame rate) and still catches a file that lost part of its end."""
-    declared = _declared_end(stream, first)
+    declared = _declared_end(container, stream, first)
     if declared is None:
         return
     missing = declared - end
@@ -133,8 +133,13 @@ def _check_length(path, stream, n: int, first: float, end: float):
                          f"declares {length:.2f} s (cut short or damaged)")
 
 
-def _declared_end(stream, first: float) -> float | None:
-    """Where the container says the video track ends (seconds), or None when it does not say."""
+def _declared_end(container, stream, first: float) -> float | None:
+    """Where the container says the video track ends (seconds), or None when it does not say (MPEG-TS
+    never does: a transport stream cut short plays up to its end)."""
+    # AVI has no edit lists, so the frame count in its header is the track's length; FFmpeg's own duration
+    # for an AVI whose index was cut off is counted from the frames that are left
+    if container.format.name == "avi" and stream.frames:
+        return first + stream.frames * _interval(stream)
     if stream.duration:
         start = float(stream.start_time * stream.time_base) if stream.start_time is not None else first
         return start + float(stream.duration * stream.time_base)

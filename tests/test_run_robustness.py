@@ -137,13 +137,17 @@ def test_video_cut_short_or_damaged_is_refused_and_writes_nothing(runtime, tmp_p
     damaged[middle:middle + 2000] = bytes(x ^ 0xFF for x in damaged[middle:middle + 2000])
     (tmp_path / "damaged.mkv").write_bytes(bytes(damaged))
     out = tmp_path / "out"
-    for name in ("cut.mkv", "damaged.mkv"):
+    # an AVI cut short loses its index (at the end), and FFmpeg then counts its length from what is left:
+    # only the frame count in its header tells
+    avi = write_video(tmp_path / "long.avi").read_bytes()
+    (tmp_path / "cut.avi").write_bytes(avi[: len(avi) * 6 // 10])
+    for name in ("cut.mkv", "damaged.mkv", "cut.avi"):
         code, err = runtime(tmp_path / name, "--out", out)
         line = one_error_line(err)
         assert code == 1 and f"{name}: video ends early" in line and "declares 1.20 s" in line
     assert files_under(out) == []
     # complete files still run, including an mkv that declares no frame count (only a length)
-    intact = [whole, write_video(tmp_path / "fresh.mp4", frames=5, audio="aac")]
+    intact = [whole, write_video(tmp_path / "fresh.mp4", frames=5, audio="aac"), tmp_path / "long.avi"]
     for src in intact:
         code, err = runtime(src, "--out", out)
         assert code == 0, err
