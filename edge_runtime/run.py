@@ -140,8 +140,10 @@ def collect(inputs: list[str]) -> list[tuple[Path, Path]]:
     for raw in inputs:
         p = Path(raw)
         if p.is_dir():
+            # formats this install lacks a reader for (HEIC without the extra) are kept, so that each
+            # one is reported with what to install instead of being skipped without a word
             files = sorted(f for f in p.rglob("*") if f.is_file()
-                           and f.suffix.lower() in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
+                           and (f.suffix.lower() in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS or missing_reader(f.suffix)))
             items += [(f, f.relative_to(p)) for f in files]
         else:
             items.append((p, Path(p.name)))

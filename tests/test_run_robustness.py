@@ -260,3 +260,17 @@ def test_sixteen_bit_gray_page_is_scaled_not_clipped_in_an_8_bit_animation(runti
             frames = [np.asarray(f.convert("RGB")).astype(int) for f in ImageSequence.Iterator(anim)]
         assert len(frames) == 3 and frames[1].shape == (12, 16, 3)
         assert np.abs(frames[1] - 156).max() <= 2, frames[1][0, 0]
+
+
+def test_heic_in_a_folder_without_its_reader_is_reported_not_skipped(runtime, monkeypatch, tmp_path):
+    from drsan_kit.core import images
+
+    # this install as it is without the heic extra: Pillow registers no .heic/.heif reader
+    without = tuple(e for e in images.IMAGE_EXTENSIONS if e not in (".heic", ".heif"))
+    monkeypatch.setattr(images, "IMAGE_EXTENSIONS", without)
+    monkeypatch.setattr(run, "IMAGE_EXTENSIONS", without)
+    Image.new("RGB", (8, 6), (9, 9, 9)).save(tmp_path / "a.png")
+    (tmp_path / "phone.HEIC").write_bytes(b"\0" * 64)
+    code, err = runtime(tmp_path, "--out", tmp_path / "o")
+    assert code == 1 and "phone.HEIC: reading .heic needs pip install 'drsan-edge-kit[heic]'" in err, err
+    assert files_under(tmp_path / "o") == ["a_x2.png"]
