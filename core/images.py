@@ -332,13 +332,21 @@ def save_animation(path: str | os.PathLike, frames: Iterable[tuple[LoadedImage, 
     return path
 
 
+def unwritable(ext: str) -> str | None:
+    """Why the kit does not write images with this extension (Pillow's format name for one that Pillow
+    writes but the kit does not, e.g. PDF), or None if it does."""
+    ext = ext.lower()
+    if ext in WRITABLE_EXTENSIONS:
+        return None
+    pillow = Image.registered_extensions().get(ext)
+    return f"Pillow writes {pillow}, but the kit writes only the image formats it also reads" if pillow \
+        else "not a format the kit writes"
+
+
 def _check_writable(path: Path):
     """ImageError unless the kit writes images of this file name's format (WRITABLE_EXTENSIONS)."""
-    ext = path.suffix.lower()
-    if ext not in WRITABLE_EXTENSIONS:
-        known = "unknown image extension" if Image.registered_extensions().get(ext) is None else \
-            "not an image format the kit writes"
-        raise ImageError(f"{path}: {known} {path.suffix or '(none)'!r}; use one of {' '.join(WRITABLE_EXTENSIONS)}")
+    if why := unwritable(path.suffix):
+        raise ImageError(f"{path}: {path.suffix or '(no extension)'}: {why}; use one of {' '.join(WRITABLE_EXTENSIONS)}")
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:

@@ -26,12 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from ..core.images import (IMAGE_EXTENSIONS, WRITABLE_EXTENSIONS, ImageError, format_sizes, frame_count, frame_sizes,
                            holds_frames, keeps_frame_sizes, load_frames, load_image, missing_reader, save_animation,
-                           save_image)
+                           save_image, unwritable)
 from ..core.variants import SCALES
 from .artifact import open_artifact
 from .backends import BackendError, open_backend
@@ -96,9 +95,7 @@ def parse_args(argv=None):
         # after every input had been through the model
         ext = "." + args.ext.lower().lstrip(".")
         if ext not in WRITABLE_EXTENSIONS + VIDEO_EXTENSIONS:
-            pillow = Image.registered_extensions().get(ext)   # e.g. PDF: Pillow writes it, the kit does not
-            why = (f"Pillow writes {pillow}, but run.py writes only the image formats it also reads" if pillow
-                   else "not a format run.py writes")
+            why = unwritable(ext)
             ap.error(f"--ext {args.ext!r}: {why}; images: {' '.join(WRITABLE_EXTENSIONS)}; "
                      f"videos: {' '.join(VIDEO_EXTENSIONS)}")
         args.ext = ext

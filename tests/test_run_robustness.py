@@ -198,10 +198,10 @@ def test_ext_is_checked_before_the_model_loads(runtime, monkeypatch, tmp_path):
     clip = write_video(tmp_path / "clip.mp4", frames=2, size=(16, 16))
     out = tmp_path / "out"
     for src, ext, message in [
-            (tmp_path / "a.png", "pdf", "--ext 'pdf': Pillow writes PDF, but run.py writes only the image formats"),
-            (tmp_path / "a.png", "xbm", "--ext 'xbm': Pillow writes XBM, but run.py writes only the image formats"),
-            (tmp_path / "a.png", "xyz", "--ext 'xyz': not a format run.py writes"),
-            (tmp_path / "a.png", "", "--ext '': not a format run.py writes"),
+            (tmp_path / "a.png", "pdf", "--ext 'pdf': Pillow writes PDF, but the kit writes only the image formats"),
+            (tmp_path / "a.png", "xbm", "--ext 'xbm': Pillow writes XBM, but the kit writes only the image formats"),
+            (tmp_path / "a.png", "xyz", "--ext 'xyz': not a format the kit writes"),
+            (tmp_path / "a.png", "", "--ext '': not a format the kit writes"),
             (tmp_path / "a.png", "mp4", "--ext mp4 is a video format, but every input is an image"),
             (clip, "png", "--ext png is an image format, but every input is a video")]:
         code, err = runtime(src, "--ext", ext, "--out", out)
@@ -211,7 +211,7 @@ def test_ext_is_checked_before_the_model_loads(runtime, monkeypatch, tmp_path):
     from drsan_kit.core.images import ImageError, LoadedImage, save_image
 
     for on_write in (None, lambda n: None):
-        with pytest.raises(ImageError, match="not an image format the kit writes"):
+        with pytest.raises(ImageError, match=r"a.pdf: .pdf: Pillow writes PDF, but the kit writes only the image formats it also reads"):
             save_image(tmp_path / "a.pdf", LoadedImage(np.zeros((4, 4, 3), np.float32)), on_write=on_write)
     assert not (tmp_path / "a.pdf").exists()
     # upper case and a leading dot are the same format; a mixed folder: --ext changes only its own kind
