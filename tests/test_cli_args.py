@@ -164,3 +164,28 @@ def test_bench_names_that_match_nothing_are_refused(argv, message, shipped_x4, t
     argv = [str(tmp_path / a) if a == "same.txt" else a for a in argv]
     proc = no_traceback(run_tool("edge_runtime/bench.py", "--frame", "64x48", "--runs", "1", *argv, check=False))
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr
+
+
+def test_bench_lets_go_of_each_model_once_it_is_timed(monkeypatch, tmp_path):
+    import weakref
+
+    from drsan_kit.edge_runtime import bench
+
+    class Model:
+        pass
+
+    refs, alive = [], []
+
+    def plan(args, threads):
+        models = [Model() for _ in range(3)]
+        refs.extend(weakref.ref(m) for m in models)
+        return [(f"row{i}", m, "") for i, m in enumerate(models)]
+
+    def time_row(label, up, frame, args, note):
+        alive.append(sum(r() is not None for r in refs))
+        return {"backend": label, "tile": None, "median_ms": 1.0, "output_mp_per_s": 1.0}
+
+    monkeypatch.setattr(bench, "plan", plan)
+    monkeypatch.setattr(bench, "bench", time_row)
+    assert bench.main(["--frame", "8x8", "--runs", "1", "--md", str(tmp_path / "t.md")]) == 0
+    assert alive == [3, 2, 1]   # a whole-frame interpreter holds gigabytes: none outlives its row
