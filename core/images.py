@@ -4,8 +4,8 @@ Reads what users have: PNG, JPEG, BMP, TIFF, WebP, GIF, PPM/PGM, TGA, JPEG 2000,
 AVIF (Pillow >= 11.3) and HEIC/HEIF (with the `heic` extra, pillow-heif);
 grayscale, RGBA, palette and CMYK images; EXIF rotation; animated GIF/WebP/PNG and
 multi-page TIFF frame by frame. 16 bits survive: grayscale through Pillow, colour
-PNG and TIFF (with or without alpha) through OpenCV and tifffile, the `sixteen-bit`
-extra; without it Pillow reads 16-bit colour at 8 bits per channel, and an image
+PNG and TIFF (with or without alpha, multi-page TIFF too) through OpenCV and tifffile,
+the `sixteen-bit` extra; without it Pillow reads 16-bit colour at 8 bits per channel, and an image
 written from it has 8. Models always see RGB float32 in [0, 1];
 what the file was (gray, alpha, bit depth) travels beside it so the writer can
 give back the same kind of image. Writers go through a temporary file and a
@@ -58,10 +58,11 @@ class ImageError(ValueError):
     """A file that cannot be used as an image; the message names the file."""
 
 
-# what Pillow raises on a damaged or hostile file: a cut GIF gives IndexError, a header claiming billions of
-# pixels DecompressionBombError (neither is an OSError)
-_READ_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, IndexError,
-                Image.DecompressionBombError)
+# what Pillow raises on a damaged or hostile file: a cut GIF gives IndexError, a multi-page TIFF cut in a
+# page's header TypeError ("Missing dimensions") from a KeyError, a header claiming billions of pixels
+# DecompressionBombError (none of them an OSError)
+_READ_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError,
+                TypeError, Image.DecompressionBombError)
 
 
 @dataclass
@@ -147,6 +148,35 @@ def _load_sixteen_bit_colour(cv2, path: Path, im: Image.Image) -> LoadedImage | 
     return LoadedImage(rgb, alpha, False, 16, im.info.get("icc_profile") or None)
 
 
+def _tifffile():
+    try:
+        import tifffile
+    except ImportError:   # the `sixteen-bit` extra is not installed
+        return None
+    return tifffile
+
+
+_EIGHT_BIT_NOTE = "16-bit colour read at 8 bits per channel"
+_EXTRA_HINT = " (pip install 'drsan-edge-kit[sixteen-bit]' keeps 16)"
+
+
+def _load_sixteen_bit_page(path: Path, index: int) -> LoadedImage | None:
+    """Page `index` of a TIFF holding 16-bit colour, at 16 bits through tifffile; None where tifffile is
+    missing or reads the page otherwise (Pillow then decodes it at 8 bits)."""
+    tifffile = _tifffile()
+    if tifffile is None:
+        return None
+    try:
+        with tifffile.TiffFile(path) as tif:
+            arr = tif.pages[index].asarray()
+    except Exception:   # noqa: BLE001 - a damaged page fails in tifffile in many ways; Pillow decoded it already
+        return None
+    if arr.dtype != np.uint16 or arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        return None
+    alpha = _to_float(np.ascontiguousarray(arr[..., 3]), 16) if arr.shape[2] == 4 else None
+    return LoadedImage(_to_float(np.ascontiguousarray(arr[..., :3]), 16), alpha, False, 16)
+
+
 def load_image(path: str | os.PathLike) -> LoadedImage:
     """Decode an image file fully; raise ImageError naming the file on any problem."""
     path = _existing(path)
@@ -164,8 +194,7 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
             im = ImageOps.exif_transpose(im)
             img = _decode(im)
             if deep:
-                img.note = "16-bit colour read at 8 bits per channel" + (
-                    " (pip install 'drsan-edge-kit[sixteen-bit]' keeps 16)" if cv2 is None else "")
+                img.note = _EIGHT_BIT_NOTE + (_EXTRA_HINT if cv2 is None else "")
             # a profile describes the file's own colour space; after a CMYK/Lab -> RGB conversion it would lie
             if im.mode in ("RGB", "RGBA", "L", "LA", "P", "PA", "I;16", "I;16B", "I;16L", "I"):
                 img.icc = im.info.get("icc_profile") or None
@@ -244,7 +273,9 @@ def frame_count(path: str | os.PathLike) -> int:
 
 
 def load_frames(path: str | os.PathLike) -> tuple[Iterator[tuple[LoadedImage, int]], int]:
-    """(frames, loop) of an animated image: frames yields (frame, duration in ms), composited as shown."""
+    """(frames, loop) of an animated image: frames yields (frame, duration in ms), composited as shown.
+    A multi-page TIFF's 16-bit colour pages keep their 16 bits through tifffile (the `sixteen-bit`
+    extra); without it they are read at 8 bits and carry a note saying so."""
     path = _existing(path)
     try:
         im = _open(path)
@@ -255,9 +286,15 @@ def load_frames(path: str | os.PathLike) -> tuple[Iterator[tuple[LoadedImage, in
     def frames():
         with im:
             try:
-                for frame in ImageSequence.Iterator(im):
+                for index, frame in enumerate(ImageSequence.Iterator(im)):
+                    deep = im.format == "TIFF" and _sixteen_bit_colour(frame)   # asked before the page loads
                     picture = frame.copy()   # loads the frame; WebP sets its duration only then
-                    yield _decode(picture), int(frame.info.get("duration", 100) or 100)
+                    img = _load_sixteen_bit_page(path, index) if deep else None
+                    if img is None:
+                        img = _decode(picture)
+                        if deep:
+                            img.note = _EIGHT_BIT_NOTE + (_EXTRA_HINT if _tifffile() is None else "")
+                    yield img, int(frame.info.get("duration", 100) or 100)
             except _READ_ERRORS as exc:
                 raise ImageError(f"{path}: cannot read frame {im.tell()} ({exc})") from None
     return frames(), loop
@@ -309,14 +346,18 @@ def save_animation(path: str | os.PathLike, frames: Iterable[tuple[LoadedImage, 
     _check_writable(path)
     if not holds_frames(path):
         raise ImageError(f"{path}: {fmt or path.suffix!r} cannot hold several frames; use .gif, .webp, .png or .tif")
-    pils, durations = [], []
+    pils, durations, deep = [], [], fmt == "TIFF" and _tifffile() is not None
     for img, ms in frames:   # kept as 8-bit Pillow images, not float arrays: 4x less memory per frame
-        pils.append(_fit_mode(_pil_image(img), fmt))
+        # 16-bit colour pages as uint16 arrays, for tifffile: Pillow writes colour at 8 bits only
+        pils.append(_sixteen_bit_colour_array(img) if deep and img.bit_depth == 16 and not img.gray
+                    else _fit_mode(_pil_image(img), fmt))
         durations.append(ms)
         if pils[-1].size != pils[0].size and fmt not in _PAGED_FORMATS:
             # Pillow would crop or pad the frame to the first one's size without a word
             raise ImageError(f"{path}: frames differ in size ({format_sizes(p.size for p in pils)}), which "
                              f"one {fmt} animation cannot hold; write them as TIFF, which keeps each page's size")
+    if any(isinstance(p, np.ndarray) for p in pils):
+        return _save_tiff_pages(path, pils)
     modes = {im.mode for im in pils}
     if len(modes) > 1 and fmt not in _PAGED_FORMATS:   # e.g. a GIF whose later frames gained transparency
         mode = "RGBA" if any(m in ("RGBA", "LA") for m in modes) else "RGB"
@@ -329,6 +370,27 @@ def save_animation(path: str | os.PathLike, frames: Iterable[tuple[LoadedImage, 
             pils[0].save(tmp, format=fmt, save_all=True, append_images=pils[1:], **kwargs)
     except (OSError, KeyError, ValueError) as exc:
         raise ImageError(f"{path}: cannot write {len(pils)} {pils[0].mode} frames as {fmt} ({exc})") from None
+    return path
+
+
+def _sixteen_bit_colour_array(img: LoadedImage) -> np.ndarray:
+    planes = [img.rgb] if img.alpha is None else [img.rgb, img.alpha[..., None]]
+    return to_uint16(np.concatenate(planes, axis=2))
+
+
+def _save_tiff_pages(path: Path, pages: list) -> Path:
+    """A multi-page TIFF through tifffile, each page at its own size and depth (uint16 arrays for 16-bit
+    colour, Pillow images for the rest), atomically."""
+    tifffile = _tifffile()
+    try:
+        with atomic_path(path) as tmp, tifffile.TiffWriter(tmp) as tif:
+            for page in pages:
+                arr = page if isinstance(page, np.ndarray) else np.asarray(page)
+                colour = arr.ndim == 3 and arr.shape[2] in (3, 4)
+                tif.write(arr, photometric="rgb" if colour else "minisblack", compression="zlib",
+                          extrasamples=["unassalpha"] if arr.ndim == 3 and arr.shape[2] in (2, 4) else None)
+    except (OSError, ValueError) as exc:
+        raise ImageError(f"{path}: cannot write {len(pages)} pages as TIFF ({exc})") from None
     return path
 
 
@@ -425,9 +487,8 @@ def _sixteen_bit_colour_bytes(img: LoadedImage, fmt: str) -> bytes | None:
     planes = [img.rgb] if img.alpha is None else [img.rgb, img.alpha[..., None]]
     arr = to_uint16(np.concatenate(planes, axis=2))
     if fmt == "TIFF":
-        try:
-            import tifffile
-        except ImportError:
+        tifffile = _tifffile()
+        if tifffile is None:
             return None
         buf = io.BytesIO()
         tifffile.imwrite(buf, arr, photometric="rgb", compression="zlib", iccprofile=img.icc,

@@ -22,6 +22,7 @@ import os
 import statistics
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -211,12 +212,15 @@ def process_animation(job: Job, src: Path, dst: Path, n: int) -> tuple[int, list
         raise InputError(f"{src}: its pages differ in size ({format_sizes(sizes)}), which one {dst.suffix} "
                          "animation cannot hold; use --ext tif, which keeps each page's size")
     frames, loop = load_frames(src)
-    times, mp = [], 0.0
+    times, mp, notes = [], 0.0, set()
 
     def upscaled():
         nonlocal mp
         with tqdm(total=n, desc=src.name, unit="frame", leave=False, disable=not job.bars) as bar:
             for img, ms in frames:
+                if img.note and img.note not in notes:   # once per file, not once per page
+                    notes.add(img.note)
+                    print(f"note: {src}: {img.note}", file=sys.stderr)
                 if not times:
                     check_tile(job, img.rgb.shape[0], img.rgb.shape[1], src)
                 t0 = time.perf_counter()
@@ -309,6 +313,9 @@ def run_one(job: Job, src: Path, dst: Path, inputs: set[Path]) -> tuple[int, lis
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    # Pillow warns, with its own file and line, about metadata it skips (e.g. "Corrupt EXIF data"); a
+    # file that cannot be read gets the kit's one error line instead, and one that can needs no warning
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
     items = collect(args.inputs)   # before the model loads, so that a misfit --ext costs nothing
     if misfit := ext_misfit(args.ext, items):
         print(f"error: {misfit}", file=sys.stderr)

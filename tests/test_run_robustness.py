@@ -140,11 +140,14 @@ def test_video_cut_short_or_damaged_is_refused_and_writes_nothing(runtime, tmp_p
     # an AVI cut short loses its index (at the end), and FFmpeg then counts its length from what is left:
     # only the frame count in its header tells
     avi = write_video(tmp_path / "long.avi").read_bytes()
-    (tmp_path / "cut.avi").write_bytes(avi[: len(avi) * 6 // 10])
-    for name in ("cut.mkv", "damaged.mkv", "cut.avi"):
+    (tmp_path / "cut.avi").write_bytes(avi[: avi.rfind(b"00dc", 0, len(avi) * 6 // 10)])   # between two frames
+    for name in ("cut.mkv", "damaged.mkv"):
         code, err = runtime(tmp_path / name, "--out", out)
         line = one_error_line(err)
         assert code == 1 and f"{name}: video ends early" in line and "declares 1.20 s" in line
+    code, err = runtime(tmp_path / "cut.avi", "--out", out)
+    line = one_error_line(err)
+    assert code == 1 and "cut.avi: video ends early" in line and "declares 1.20 s" in line
     assert files_under(out) == []
     # complete files still run, including an mkv that declares no frame count (only a length)
     intact = [whole, write_video(tmp_path / "fresh.mp4", frames=5, audio="aac"), tmp_path / "long.avi"]
@@ -274,3 +277,68 @@ def test_heic_in_a_folder_without_its_reader_is_reported_not_skipped(runtime, mo
     code, err = runtime(tmp_path, "--out", tmp_path / "o")
     assert code == 1 and "phone.HEIC: reading .heic needs pip install 'drsan-edge-kit[heic]'" in err, err
     assert files_under(tmp_path / "o") == ["a_x2.png"]
+
+
+def _deep_tiff(path):
+    """A multi-page TIFF: two pages of 16-bit colour (one with alpha) of different sizes, one 8-bit gray."""
+    import tifffile
+
+    rng = np.random.default_rng(1)
+    pages = [rng.integers(0, 65536, (6, 8, 3), dtype=np.uint16), rng.integers(0, 65536, (4, 5, 4), dtype=np.uint16),
+             rng.integers(0, 256, (3, 7), dtype=np.uint8)]
+    with tifffile.TiffWriter(path) as tif:
+        for page in pages:
+            colour = page.ndim == 3
+            tif.write(page, photometric="rgb" if colour else "minisblack",
+                      extrasamples=["unassalpha"] if colour and page.shape[2] == 4 else None)
+    return path, pages
+
+
+def test_multi_page_tiff_keeps_16_bit_colour(runtime, tmp_path):
+    import tifffile
+
+    src, pages = _deep_tiff(tmp_path / "stack.tif")
+    code, err = runtime(src, "--out", tmp_path / "up.tif")
+    assert code == 0 and "note:" not in err, err
+    with tifffile.TiffFile(tmp_path / "up.tif") as tif:
+        out = [p.asarray() for p in tif.pages]
+    # the stand-in model repeats every pixel 2x2: every page's colour, 16 bits included, comes back
+    # exactly (alpha is resized beside the model, not by it)
+    assert [o.dtype for o in out] == [np.uint16, np.uint16, np.uint8]
+    for page, got in zip(pages, out):
+        want = np.repeat(np.repeat(page, 2, axis=0), 2, axis=1)
+        assert got.shape == want.shape and np.array_equal(got[..., :3], want[..., :3])
+    assert np.any(out[1][..., 3] % 257)   # the alpha plane too is 16-bit, not 8 bits scaled up
+
+
+def test_multi_page_tiff_without_tifffile_says_it_keeps_8_bits(runtime, monkeypatch, tmp_path):
+    from drsan_kit.core import images
+
+    src, pages = _deep_tiff(tmp_path / "stack.tif")
+    monkeypatch.setattr(images, "_tifffile", lambda: None)   # as without the sixteen-bit extra
+    code, err = runtime(src, "--out", tmp_path / "up.tif")
+    assert code == 0 and err.count("note:") == 1, err
+    assert "16-bit colour read at 8 bits per channel (pip install 'drsan-edge-kit[sixteen-bit]' keeps 16)" in err
+    with Image.open(tmp_path / "up.tif") as im:
+        first = np.asarray(im.convert("RGB"))
+    assert first.dtype == np.uint8 and first.shape == (12, 16, 3)
+    assert np.abs(first.astype(int) - np.repeat(np.repeat(pages[0] // 257, 2, 0), 2, 1)).max() <= 1
+
+
+def test_multi_page_tiff_cut_short_is_one_line_and_writes_nothing(runtime, tmp_path):
+    src, _ = _deep_tiff(tmp_path / "stack.tif")
+    data = src.read_bytes()
+    out = tmp_path / "o"
+    for keep in (len(data) * 2 // 3, len(data) - 10):   # a page's pixels, the last page's header
+        cut = tmp_path / f"cut{keep}.tif"
+        cut.write_bytes(data[:keep])
+        code, err = runtime(cut, "--out", out)
+        assert code == 1 and f"{cut}: cannot read" in one_error_line(err), err
+    assert files_under(out) == []
+    # as a user runs it: Pillow's own warning about the cut header ("Corrupt EXIF data") is not shown
+    from conftest import run_tool
+
+    first = tmp_path / f"cut{len(data) * 2 // 3}.tif"
+    proc = run_tool("edge_runtime/run.py", "--torch", "--scale", "2", first, "--out", out, check=False)
+    assert proc.returncode == 1 and proc.stderr.splitlines()[-1].startswith("error:"), proc.stderr
+    assert "Warning" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
