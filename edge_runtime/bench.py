@@ -5,7 +5,9 @@
 Times PyTorch eager FP32 (the reference: whole frame and tiled), then every artifact
 in --artifacts (ONNX, TFLite fp32/fp16/int8/int16x8) through the runtime's tiler,
 and prints ms per frame, output megapixels per second and the ratio to PyTorch
-eager. Shape-flexible backends are also timed one-shot (whole frame), which gives
+eager. --rounds N times the whole table N times, alternately in the listed and the
+reversed order, so that rows compared with each other (PTQ and QAT int8, say) are
+not told apart by when in the run they were timed. Shape-flexible backends are also timed one-shot (whole frame), which gives
 the tiling overhead. Writes --json FILE and --md FILE when asked.
 """
 from __future__ import annotations
@@ -19,6 +21,7 @@ if __name__ == "__main__" and not __package__:   # run by path, e.g. python edge
 import argparse
 import json
 import platform
+import statistics
 import sys
 from pathlib import Path
 
@@ -85,6 +88,11 @@ def parse_args(argv=None):
     ap.add_argument("--margin", type=argtype(parse_margin), default=DEFAULT_MARGIN,
                     help=f"tile context margin (default {DEFAULT_MARGIN})")
     ap.add_argument("--runs", type=argtype(parse_count), default=3, help="timed runs after one warm-up (default 3)")
+    ap.add_argument("--rounds", type=argtype(parse_count), default=1,
+                    help="time the whole table this many times, in the listed order and then reversed, "
+                         "alternately, and pool each row's runs: rows timed early or late in a run (a machine "
+                         "warming up, a neighbour's load) then share the same conditions; an even number balances "
+                         "them (default 1)")
     ap.add_argument("--threads", type=argtype(parse_threads), default=0,
                     help="threads for every backend, 0 for every core this process may use (default 0)")
     ap.add_argument("--slow", type=argtype(parse_seconds), default=60.0, metavar="SECONDS",
@@ -180,18 +188,24 @@ def main(argv=None):
         print(f"error: --skip {args.skip} leaves nothing to time", file=sys.stderr)
         return 2
     frame = test_frame(args.frame)
-    rows = []
-    while jobs:
-        # each model let go once timed: a resized whole-frame interpreter holds gigabytes (x4 at 720p), and
-        # keeping them all ran a 24 GB machine out of memory
-        label, up, note = jobs.pop(0)
-        rows.append(bench(label, up, frame, args, note))
+    order, timed = [label for label, *_ in jobs], {}
+    for round_ in range(args.rounds):
+        if round_:
+            # the models were let go after their rows: open them again, every other round in reverse order
+            jobs = plan(args, threads)[::-1 if round_ % 2 else 1]
+        while jobs:
+            # each model let go once timed: a resized whole-frame interpreter holds gigabytes (x4 at 720p), and
+            # keeping them all ran a 24 GB machine out of memory
+            label, up, note = jobs.pop(0)
+            timed.setdefault(label, []).append(bench(label, up, frame, args, note))
+    rows = [pooled(timed[label]) for label in order]
     ref = next((r for r in rows if r["backend"] == "torch-full"), rows[0])
     for r in rows:
         r["speed_vs_torch"] = r["output_mp_per_s"] / ref["output_mp_per_s"]
     report = {"provenance": provenance.header(), "variant": args.variant, "scale": args.scale,
               "frame": args.frame, "threads": threads,
               "machine": f"{cpu_name()}, {provenance.usable_cores()} cores, {platform.system()}", "runs": args.runs,
+              "rounds": args.rounds,
               "margin": args.margin, "baseline": ref["backend"], "results": rows}
     table = markdown(report)
     print(table)
@@ -206,6 +220,22 @@ def main(argv=None):
     return 0
 
 
+def pooled(rounds: list[dict]) -> dict:
+    """One row from the same row timed in several rounds: the median and minimum over all their runs (an
+    estimated row: the median of its estimates), output MP/s at that median."""
+    row = dict(rounds[0])
+    if len(rounds) == 1:
+        return row
+    times = [t for r in rounds for t in r.get("times_ms", [r["median_ms"]])]
+    med = statistics.median(times) if all("times_ms" in r for r in rounds) else \
+        statistics.median(r["median_ms"] for r in rounds)
+    row.update(median_ms=round(med, 2), min_ms=round(min(times), 2), runs=len(times), rounds=len(rounds),
+               output_mp_per_s=round(row["output_mp_per_s"] * row["median_ms"] / med, 3))
+    if "times_ms" in row:
+        row["times_ms"] = times
+    return row
+
+
 def parse_seconds(text: str) -> float:
     """--slow: a finite number of seconds above 0."""
     try:
@@ -217,6 +247,14 @@ def parse_seconds(text: str) -> float:
     return s
 
 
+def _runs_text(report: dict) -> str:
+    rounds = report.get("rounds", 1)
+    if rounds == 1:
+        return f"{report['runs']} runs"
+    return (f"{report['runs'] * rounds} runs ({report['runs']} in each of {rounds} rounds, the rows timed in "
+            f"the listed order and then reversed, alternately)")
+
+
 def markdown(report: dict) -> str:
     s = report["scale"]
     baseline = report.get("baseline", "torch-full")   # the first row when PyTorch eager was skipped
@@ -224,7 +262,7 @@ def markdown(report: dict) -> str:
                    else (f"{baseline} (PyTorch eager on the whole frame was skipped)", baseline))
     lines = ([provenance.markdown(report["provenance"])] if "provenance" in report else []) + [
              f"DRSAN-{report['variant']} x{s}, {report['frame']} input frame, {report['threads']} threads, "
-             f"median of {report['runs']} runs; {report['machine']}. Speed ratio in output MP/s against "
+             f"median of {_runs_text(report)}; {report['machine']}. Speed ratio in output MP/s against "
              f"{base}.", "",
              f"| backend | tile (windows) | ms / frame | output MP/s | vs {short} |",
              "|---|---|---|---|---|"]

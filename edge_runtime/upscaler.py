@@ -87,5 +87,5 @@ def time_frames(up: Upscaler, frame: np.ndarray, runs: int) -> dict:
     med = statistics.median(times)
     return {"input": f"{frame.shape[1]}x{frame.shape[0]}", "output": f"{out.shape[1]}x{out.shape[0]}",
             "tile": list(up.tile) if up.tile else None, "windows": up.windows(*frame.shape[:2]), "runs": runs,
-            "median_ms": round(med, 2), "min_ms": round(min(times), 2),
+            "median_ms": round(med, 2), "min_ms": round(min(times), 2), "times_ms": [round(t, 2) for t in times],
             "output_mp_per_s": round(out.shape[0] * out.shape[1] / 1e6 / (med / 1000), 3)}

@@ -189,3 +189,38 @@ def test_bench_lets_go_of_each_model_once_it_is_timed(monkeypatch, tmp_path):
     monkeypatch.setattr(bench, "bench", time_row)
     assert bench.main(["--frame", "8x8", "--runs", "1", "--md", str(tmp_path / "t.md")]) == 0
     assert alive == [3, 2, 1]   # a whole-frame interpreter holds gigabytes: none outlives its row
+
+
+def test_bench_rounds_alternate_the_order_and_pool_the_runs(monkeypatch, tmp_path):
+    import json
+
+    from drsan_kit.edge_runtime import bench
+
+    seen = []
+    # row a is fast early in a round and slow late, row b the reverse: the pooled medians come out alike
+    ms = {("a", 0): 10.0, ("b", 1): 30.0, ("b", 0): 10.0, ("a", 1): 30.0}
+
+    def plan(args, threads):
+        return [("a", None, ""), ("b", None, "")]
+
+    def time_row(label, up, frame, args, note):
+        position = len(seen) % 2
+        seen.append(label)
+        t = ms[(label, position)]
+        return {"backend": label, "tile": None, "median_ms": t, "min_ms": t, "times_ms": [t], "runs": 1,
+                "output_mp_per_s": 100.0 / t}
+
+    monkeypatch.setattr(bench, "plan", plan)
+    monkeypatch.setattr(bench, "bench", time_row)
+    out = tmp_path / "t.json"
+    assert bench.main(["--frame", "8x8", "--runs", "1", "--rounds", "2", "--json", str(out)]) == 0
+    assert seen == ["a", "b", "b", "a"]
+    rows = {r["backend"]: r for r in json.loads(out.read_text())["results"]}
+    assert rows["a"]["times_ms"] == [10.0, 30.0] and rows["b"]["times_ms"] == [30.0, 10.0]
+    assert rows["a"]["median_ms"] == rows["b"]["median_ms"] == 20.0 and rows["a"]["runs"] == 2
+    assert abs(rows["a"]["output_mp_per_s"] - 5.0) < 1e-9   # 100 MP-ms at 20 ms
+    assert "median of 2 runs (1 in each of 2 rounds" in bench.markdown(json.loads(out.read_text()))
+    # a third round starts in the listed order again
+    seen.clear()
+    assert bench.main(["--frame", "8x8", "--runs", "1", "--rounds", "3", "--json", str(out)]) == 0
+    assert seen == ["a", "b", "b", "a", "a", "b"]
