@@ -152,6 +152,22 @@ def learning_rate(args, it: int, seconds: float = 0.0) -> float:
     return floor + (args.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress)) * warm
 
 
+def trainable(model, which: str) -> list:
+    """The parameters training moves. 'bias' holds every convolution weight and moves the biases and
+    PReLU slopes only: a few thousand numbers, enough to correct the mean shift that int8 rounding
+    leaves behind each nonlinearity, too few to carry the model away from its float function."""
+    if which == "all":
+        return list(model.parameters())
+    moved = []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if name == "bias" or isinstance(module, torch.nn.PReLU):
+                moved.append(p)
+            else:   # no gradient wanted: the backward pass skips the weight gradients too
+                p.requires_grad_(False)
+    return moved
+
+
 def range_lr(args, it: int, seconds: float = 0.0) -> float:
     """The learned int8 ranges' learning rate: --qat-range-lr on the weights' schedule, down to 0."""
     return learning_rate(argparse.Namespace(**{**vars(args), "lr": args.qat_range_lr, "min_lr": 0.0}),
@@ -347,6 +363,10 @@ def parse_args(argv=None):
     ap.add_argument("--qat-range-lr", type=float, default=1e-3, metavar="LR",
                     help="with --qat-ranges learned: peak learning rate of the ranges' log-width and centre "
                          "(in units of the starting width); same schedule as --lr")
+    ap.add_argument("--train-params", choices=["all", "bias"], default="all",
+                    help="which parameters training moves: all (default), or bias: the biases and PReLU slopes "
+                         "only, every convolution weight held (with --qat: corrects the mean shift of the int8 "
+                         "rounding without moving the model away from its float function)")
     ap.add_argument("--teacher", default=None, metavar="CKPT",
                     help="distil: the loss compares the output with this float checkpoint's output (same variant "
                          "and scale) instead of the HR patch. With --qat and the shipped float checkpoint as teacher "
@@ -420,7 +440,7 @@ def train(args, argv=None):
     out.mkdir(parents=True, exist_ok=True)   # only now: a damaged --init-from leaves nothing behind
     model = build_model(args.variant, args.scale, skip_head=bool(start and start.get("skip_head", False)))
     # fused Adam: one kernel per step instead of several per tensor (the model has ~100 small tensors)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8,
+    opt = torch.optim.Adam(trainable(model, args.train_params), lr=args.lr, betas=(0.9, 0.999), eps=1e-8,
                            fused=device.type == "cuda")
     state = {"iteration": 0, "seconds": 0.0, "best_val": None}
     ema_saved = None
@@ -476,7 +496,7 @@ def train(args, argv=None):
         try:   # after the learned ranges' parameter group, which the saved optimizer has too
             opt.load_state_dict(ts["optimizer"])
         except ValueError:
-            raise TrainingError(f"{resume} was written with other --qat/--qat-ranges options: "
+            raise TrainingError(f"{resume} was written with other --qat/--qat-ranges/--train-params options: "
                                 "resume with those, or give another --out") from None
     teacher = load_teacher(args.teacher, args, device, layout, log) if args.teacher else None
     if args.compile:
@@ -507,11 +527,14 @@ def train(args, argv=None):
             "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
             "machine": f"{platform.machine()} {usable_cores()} cores", "init_from": args.init_from,
             "init_from_sha256": state.get("origin", {}).get("sha256"),
+            "train_params": args.train_params,
             "teacher": args.teacher, "distill_weighting": args.distill_weighting if args.teacher else None,
             "command": "python core/train.py " + " ".join(sys.argv[1:]) if argv is None else "main(" + repr(argv) + ")",
         }, "validation": val_info | {"psnr_y": state.get("last_val"), "best_psnr_y": state["best_val"],
                                     "convention": "authors"},
             **({"qat": qat_meta()} if args.qat else {})}
+
+    carried_mode = ((start or {}).get("meta", {}).get("qat") or {}).get("ranges_mode")
 
     def qat_meta():
         before = state.get("origin", {}).get("qat_iterations", 0)
@@ -519,7 +542,9 @@ def train(args, argv=None):
                 "iterations_before": before, "init_from": args.init_from,
                 "init_from_sha256": state.get("origin", {}).get("sha256"), "teacher": args.teacher,
                 "ranges_frozen_at": args.qat_freeze if qat.is_frozen(scored) else None,
-                "ranges_mode": args.qat_ranges,
+                # ranges frozen from the start are the carried ones, whatever their source's mode
+                "ranges_mode": (carried_mode if args.qat_ranges == "tracked" and args.qat_freeze == 0
+                                and carried_mode else args.qat_ranges),
                 "range_lr": args.qat_range_lr if args.qat_ranges == "learned" else None,
                 "graph": "int8 TFLite, PReLU spelled sub, concatenation inputs requantized",
                 "validation": "int8 simulation"}

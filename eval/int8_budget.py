@@ -122,6 +122,9 @@ def simulation(args, inputs):
         qat.load_ranges(sim, saved)
         info = blob["meta"]["qat"]
         how = "learned" if info.get("ranges_mode") == "learned" else "tracked"   # older checkpoints: tracked
+        if info.get("ranges_frozen_at") == 0 and info.get("init_from"):   # a run that only held what it carried
+            sha = (info.get("init_from_sha256") or "")[:12]
+            how = f"carried from the checkpoint it started from ({info['init_from']}, SHA-256 {sha}...) and held"
         source = f"{how} in quantization-aware training ({info.get('iterations')} QAT iterations)"
     else:
         qat.load_ranges(sim, {n: list(r) for n, r in qat.recorded_ranges(sim, inputs).items()})

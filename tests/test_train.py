@@ -308,3 +308,21 @@ def test_learned_qat_ranges_train_resume_exactly_and_ship(data, tmp_path):
     assert not (tmp_path / "fresh").exists()
     with pytest.raises(SystemExit, match="--qat-ranges learned needs --qat"):
         train_main(_args(data, tmp_path / "noqat", 1, qat_ranges="learned"))
+
+
+def test_bias_only_training_holds_every_conv_weight_and_resumes_exactly(data, tmp_path):
+    train_main(_args(data, tmp_path / "float", 2))
+    start = tmp_path / "float" / "model.pt"
+    bias = dict(init_from=start, qat=True, train_params="bias")
+    a, b = straight_and_resumed(lambda out, iters, **kw: _args(data, out, iters, **bias, **kw), tmp_path)
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    w0, w1 = (read_checkpoint(p)["state_dict"] for p in (start, tmp_path / "resumed" / "model.pt"))
+    moved = {k for k in w0 if not torch.equal(w0[k], w1[k])}
+    convs = {k for k in w0 if k.endswith(".weight") and w0[k].dim() == 4}
+    assert convs and not moved & convs
+    # the biases and the PReLU slopes (1-D weights) did move
+    assert {k for k in moved if k.endswith(".bias")} and {k for k in moved if k.endswith(".weight")}
+    assert read_checkpoint(tmp_path / "resumed" / "model.pt")["meta"]["training"]["train_params"] == "bias"
+    # a run resumed with other trainable parameters is refused, not silently mixed
+    with pytest.raises(SystemExit, match="--train-params"):
+        train_main(_args(data, tmp_path / "resumed", 6, init_from=start, qat=True))
