@@ -301,7 +301,7 @@ def test_learned_qat_ranges_train_resume_exactly_and_ship(data, tmp_path):
     w0, w1 = (read_checkpoint(p)["state_dict"] for p in (start, tmp_path / "alone" / "model.pt"))
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
     meta_alone = read_checkpoint(tmp_path / "alone" / "model.pt")["meta"]["qat"]
-    assert read_checkpoint(tmp_path / "alone" / "model.pt")["meta"]["qat"]["ranges"] != tracked
+    assert meta_alone["ranges"] != tracked
     # ranges held from the start are the learned ones carried, and the checkpoint says so
     train_main(_args(data, tmp_path / "held", 1, init_from=tmp_path / "alone" / "model.pt", qat=True,
                      qat_freeze=0, train_params="bias"))
