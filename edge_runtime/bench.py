@@ -126,7 +126,7 @@ def plan(args, threads: int) -> list[tuple[str, Upscaler, str]]:
         art = open_artifact(args.artifacts / e.file, e.format, scale=args.scale, threads=threads,
                             flexible_default=args.tile)
         name = f"{e.format}-{e.precision}" + ("-qat" if e.quantization == QAT else "") + \
-            (f"-stagger{e.stagger}" if e.stagger > 1 else "") + \
+            (f"-{e.stagger_tag}" if e.stagger_tag else "") + \
             ("-dynamic" if e.dynamic_shape else "")
         if e.dynamic_shape:
             jobs.append((name + "-full", art.backend, whole, "one-shot, whole frame"))

@@ -371,6 +371,14 @@ class ArtifactEntry:
         copies = about.get("copies") if isinstance(about, dict) else None
         return copies if _is(copies, int) and copies > 1 else 1
 
+    @property
+    def stagger_tag(self) -> str:
+        """"" for a file without staggered copies, "staggerK" with K copies of the direct path,
+        "staggerKu" when the upsampler's output is carried K times too (the names to_tflite.py gives)."""
+        if self.stagger == 1:
+            return ""
+        return f"stagger{self.stagger}" + ("u" if self.extra["stagger"].get("upsampler") is True else "")
+
     @classmethod
     def from_dict(cls, d: dict) -> "ArtifactEntry":
         tile = tuple(d["tile"]) if d.get("tile") else None
@@ -476,6 +484,8 @@ def _check_entry(i: int, a, bad):
             bad(f"{name}: stagger is not an object on a QAT file")
         if not _positive_int(stagger.get("copies")):
             bad(f"{name}: stagger copies {stagger.get('copies')!r} is not a whole number of copies")
+        if stagger.get("upsampler", False) not in (True, False):
+            bad(f"{name}: stagger upsampler {stagger.get('upsampler')!r} is not true or false")
     for key in _CHECK_NUMBERS:
         value = (a.get("check") or {}).get(key)
         if value is not None and not (_is(value, float) or _is(value, int)):

@@ -35,7 +35,7 @@ def markdown_table(folder) -> str:
         psnr_cell = f"{c['psnr_vs_reference_db']:.1f} dB" if c.get("psnr_vs_reference_db") is not None else "-"
         err = f"{c['max_abs_error']:.5f}" if c.get("max_abs_error") is not None else "-"
         size = f"{a.size_bytes / 1e6:.2f} MB" if a.size_bytes is not None else "-"
-        how_quantized = a.quantization and a.quantization + (f", stagger {a.stagger}" if a.stagger > 1 else "")
+        how_quantized = a.quantization and a.quantization + (f", {a.stagger_tag}" if a.stagger_tag else "")
         precision = f"{a.precision} ({how_quantized})" if how_quantized else a.precision
         lines.append(f"| {a.file} | {precision} | {tile} | {size} | {psnr_cell} | {err} | {how} |")
     return "\n".join(lines) + "\n"

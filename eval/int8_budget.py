@@ -62,6 +62,9 @@ def parse_args(argv=None):
                     help="simulate the graph with the direct path carried K times, staggered by 1/K of an int8 "
                          "step (core/stagger.py; converters/to_tflite.py --stagger K builds it); needs a --qat "
                          "checkpoint for --weights (default 1: the plain graph)")
+    ap.add_argument("--stagger-upsampler", action="store_true",
+                    help="with --stagger K: carry the upsampler's last conv output K times as well "
+                         "(converters/to_tflite.py --stagger-upsampler builds it)")
     ap.add_argument("--top", type=int, default=15, help="tensors listed one by one (default 15)")
     ap.add_argument("--threads", type=argtype(parse_threads), default=0,
                     help="CPU threads for torch and the --artifact interpreter; 0 (the default): torch's own default, "
@@ -109,12 +112,14 @@ def simulation(args, inputs):
 
     model, blob = load_checkpoint(resolve_weights(args.weights, args.variant, args.scale), args.variant, args.scale)
     saved = blob.get("meta", {}).get("qat", {}).get("ranges")
+    if args.stagger_upsampler and args.stagger == 1:
+        raise EvalError("--stagger-upsampler needs --stagger K (2 or more copies)")
     if args.stagger != 1:
         if not saved:
             raise EvalError("--stagger needs a quantization-aware checkpoint (--weights from core/train.py --qat)")
         from ..core.stagger import stagger_direct_path
         try:
-            model, saved, _ = stagger_direct_path(model, saved, args.stagger)
+            model, saved, _ = stagger_direct_path(model, saved, args.stagger, upsampler=args.stagger_upsampler)
         except ValueError as exc:
             raise EvalError(str(exc)) from None
     sim = qat.prepare(model)
@@ -281,6 +286,7 @@ def report(args, source, n_crops, rows, alone, roles, prov) -> str:
     lines = [f"# int8 error budget: DRSAN-{args.variant} x{args.scale}", "", provenance.markdown(prov),
              f"Weights: {args.weights or 'shipped float'}; ranges {source}"
              + (f"; the direct path carried {args.stagger} times, staggered (--stagger {args.stagger})" if args.stagger != 1 else "")
+             + (", the upsampler's output too (--stagger-upsampler)" if args.stagger != 1 and args.stagger_upsampler else "")
              + f". {n_crops} {what} "
              f"from `{provenance.relative(args.data)}` (--val-split {args.val_split}).",
              "Error: mean squared difference from the same weights in float, in 8-bit levels squared. "

@@ -118,3 +118,82 @@ def test_manifest_stagger_field_is_read_defensively():
     for bad in ({"copies": True}, {"copies": "2"}, {"copies": -3}, "2", None, [2]):
         assert ArtifactEntry.from_dict(base | {"stagger": bad}).stagger == 1
     assert ArtifactEntry.from_dict(base).stagger == 1
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_upsampler_copies_keep_the_float_function(scale):
+    """--stagger-upsampler: the output conv reads the upsampler's copies one after another; the
+    float function stays the same, through the export's depth-to-space order (dcr) too."""
+    from drsan_kit.converters.export import to_dcr
+    from drsan_kit.core.model import build_model
+
+    torch.manual_seed(scale)
+    model = build_model("32s", scale, skip_head=True).eval()
+    for p in model.parameters():   # PReLU slopes start at 0; any values will do
+        torch.nn.init.uniform_(p, -0.1, 0.1)
+    ranges = {n: list(r) for n, r in qat.recorded_ranges(qat.prepare(model), [_images(seed=2)]).items()}
+    staggered, new_ranges, about = stagger_direct_path(model, ranges, 2, upsampler=True)
+    names = direct_path_tensors(model, upsampler=True)
+    assert about["upsampler"] is True and names["upsampler"] in about["tensors"]
+    assert staggered.upsampler.convs[-1].out_channels == 2 * model.upsampler.convs[-1].out_channels
+    assert staggered.recon.in_channels == 64
+    assert new_ranges[names["upsampler"]][1] > ranges[names["upsampler"]][1]
+    x = _images(seed=3)
+    with torch.no_grad():
+        assert torch.allclose(staggered(x), model(x), atol=1e-5)
+        assert torch.allclose(to_dcr(staggered)(x), model(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("order", ["crd", "dcr"])
+def test_upsampler_copies_follow_the_depth_to_space_order(order):
+    from drsan_kit.core.model import Upsampler
+    from drsan_kit.core.stagger import _copied_before_shuffle
+
+    torch.manual_seed(0)
+    up = Upsampler(4, 2, order)
+    x = torch.rand(1, 4, 5, 6)
+    conv = up.convs[0]
+    new = _copied_before_shuffle(conv, up, 3, 0.0)
+    with torch.no_grad():
+        once = up(x)
+        up.convs[0] = new
+        assert torch.allclose(up(x), torch.cat([once] * 3, dim=1))
+
+
+def test_upsampler_copies_round_its_output_on_a_finer_grid(x4_qat):
+    """With only the upsampler's output rounded, two staggered copies cut its error's power by
+    about four."""
+    model, ranges = x4_qat
+    x = _images(seed=4)
+    with torch.no_grad():
+        want = model(x)
+    name = direct_path_tensors(model, upsampler=True)["upsampler"]
+
+    def error(m, r):
+        sim = qat.prepare(m)
+        qat.load_ranges(sim, r)
+        for n, mod in rounded_parts(sim):
+            mod.mode = "quantize" if n == name else "off"
+        with torch.no_grad():
+            return float(((sim.eval()(x) - want) ** 2).mean())
+
+    plain = error(model, ranges)
+    assert error(*stagger_direct_path(model, ranges, 2, upsampler=True)[:2]) < plain / 2.4
+
+
+def test_stagger_upsampler_needs_stagger(tmp_path):
+    proc = run_tool("converters/to_tflite.py", "--variant", "32s", "--scale", "4", "--quant", "int8",
+                    "--qat", SHIPPED_X4.with_name("drsan_32s_x4_qat.pt"), "--stagger-upsampler",
+                    "--out", tmp_path / "out", check=False)
+    assert proc.returncode != 0 and "--stagger-upsampler needs --stagger" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+
+
+def test_manifest_stagger_tag():
+    from drsan_kit.edge_runtime.contract import ArtifactEntry
+
+    base = {"file": "m.tflite", "format": "tflite", "precision": "int8", "quantization": "qat"}
+    assert ArtifactEntry.from_dict(base).stagger_tag == ""
+    assert ArtifactEntry.from_dict(base | {"stagger": {"copies": 2}}).stagger_tag == "stagger2"
+    assert ArtifactEntry.from_dict(base | {"stagger": {"copies": 2, "upsampler": True}}).stagger_tag == "stagger2u"
+    assert ArtifactEntry.from_dict(base | {"stagger": {"copies": 2, "upsampler": "yes"}}).stagger_tag == "stagger2"
