@@ -157,6 +157,8 @@ def test_manifest_written_before_versions_reads_and_round_trips(tmp_path):
     (lambda d: d["artifacts"][2].update(stagger=[2]), "stagger is not an object on a QAT file"),
     (lambda d: d["artifacts"][1].update(stagger={"copies": 2}), "stagger is not an object on a QAT file"),
     (lambda d: d["artifacts"][2].update(stagger={"copies": 2.0}), "stagger copies 2.0 is not a whole number"),
+    (lambda d: d["artifacts"][2].update(stagger={"copies": 2, "upsampler": "yes"}),
+     "stagger upsampler 'yes' is not true or false"),
     (lambda d: d["artifacts"][1]["check"].update(psnr_vs_reference_db="44.7"), "psnr_vs_reference_db '44.7' is not a number"),
 ])
 def test_manifest_breaking_the_schema_is_named(tmp_path, change, message):
