@@ -81,19 +81,23 @@ def test_stagger_needs_qat_ranges(tmp_path):
 
 def test_staggered_artifact_is_closer_to_the_float_model(tflite_artifacts, tmp_path):
     """The int8 file built with --stagger 2 from the shipped x4 QAT checkpoint says so in its manifest
-    and follows the float model more closely than the plain QAT file built from the same ranges."""
+    and follows the float model more closely than the plain QAT file built from the same ranges; with
+    --stagger-upsampler as well, more closely still."""
     pytest.importorskip("tensorflow")
     from drsan_kit.edge_runtime.backends.tflite import TFLiteBackend
 
     ckpt = SHIPPED_X4.with_name("drsan_32s_x4_qat.pt")
     out = tmp_path / "staggered"
-    for extra in ([], ["--stagger", "2"]):
+    for extra in ([], ["--stagger", "2"], ["--stagger", "2", "--stagger-upsampler"]):
         run_tool("converters/to_tflite.py", "--variant", "32s", "--scale", "4", "--tile", CONVERT_TILE,
                  "--quant", "int8", "--calib-count", "4", "--qat", ckpt, *extra, "--out", out)
     entries = {e["file"]: e for e in json.loads((out / "manifest.json").read_text())["artifacts"]}
-    plain_file, staggered_file = (f"drsan_32s_x4_{CONVERT_TILE}_int8_qat{s}.tflite" for s in ("", "_stagger2"))
-    assert set(entries) == {plain_file, staggered_file}
+    plain_file, staggered_file, upsampler_file = (f"drsan_32s_x4_{CONVERT_TILE}_int8_qat{s}.tflite"
+                                                  for s in ("", "_stagger2", "_stagger2u"))
+    assert set(entries) == {plain_file, staggered_file, upsampler_file}
     assert entries[staggered_file]["stagger"]["copies"] == 2 and "stagger" not in entries[plain_file]
+    assert "upsampler" not in entries[staggered_file]["stagger"]
+    assert entries[upsampler_file]["stagger"]["upsampler"] is True
     assert entries[staggered_file]["quantization"] == "qat"
 
     model, _ = load_checkpoint(SHIPPED_X4)
@@ -108,6 +112,7 @@ def test_staggered_artifact_is_closer_to_the_float_model(tflite_artifacts, tmp_p
         return float(np.mean((np.stack([backend(c) for c in crops]) - want) ** 2))
 
     assert error(staggered_file) < 0.9 * error(plain_file)
+    assert error(upsampler_file) < error(staggered_file)
 
 
 def test_manifest_stagger_field_is_read_defensively():
