@@ -49,7 +49,8 @@ from .tflite import build_saved_model, convert_mode, convert_qat, load_qat
 from ..core.equalize import equalize_direct_path
 from ..core.stagger import MAX_COPIES, stagger_direct_path
 from ..edge_runtime.backends import open_backend
-from ..edge_runtime.contract import PRECISIONS, PTQ, QAT, TFLITE_MODES, argtype, parse_count, parse_threads
+from ..edge_runtime.contract import (PRECISIONS, PTQ, QAT, TFLITE_MODES, argtype, parse_count, parse_threads,
+                                     stagger_tag)
 
 
 def parse_quant(text: str) -> list[str]:
@@ -183,8 +184,8 @@ def main(argv=None):
                 raise
             except Exception as exc:   # TensorFlow raises many kinds; one line is enough for the user
                 raise common.ConversionError(f"TFLite {mode} conversion failed: {str(exc).splitlines()[0][:300]}")
-            tag = f"_stagger{args.stagger}" + ("u" if args.stagger_upsampler else "") if stagger else ""
-            suffix = ("_qat" + tag) if qat_summary else ""
+            tag = stagger_tag(args.stagger, args.stagger_upsampler) if stagger else ""
+            suffix = ("_qat" + (f"_{tag}" if tag else "")) if qat_summary else ""
             staged = tmp / f"{stem}_{mode}{suffix}.tflite"
             staged.write_bytes(blob_bytes)
             print(f"  {mode}{' (QAT ranges)' if qat_summary else ''}: converted in {time.time() - t0:.0f} s, "

@@ -73,6 +73,15 @@ def _with_shift(r, d: float) -> list[float]:
     return [r[0] - abs(d), r[1] + abs(d)]
 
 
+def _spread(r, copies: int, j: int = 0) -> float:
+    """Half-spread of `copies` copies of a tensor with range r, neighbours (1/copies + j) steps apart,
+    the step that of the range they widen (found by fixed-point iteration)."""
+    half, d = (copies - 1) / 2, 0.0
+    for _ in range(5):
+        d = half * (1 / copies + j) * _step(*_with_shift(r, d))
+    return d
+
+
 def _shifts(ranges: dict, names: dict, copies: int, search: int = 3):
     """(half-spread of the skip head's copies, of the tail's, how far the sum's stagger misses).
 
@@ -83,11 +92,7 @@ def _shifts(ranges: dict, names: dict, copies: int, search: int = 3):
     half = (copies - 1) / 2   # the outermost copy, in spacings from the centre
     best = None
     for j_k, j_t in itertools.product(range(-search, search + 1), repeat=2):
-        d_k = d_t = 0.0
-        for _ in range(5):
-            s_k = _step(*_with_shift(ranges[names["skip"]], d_k))
-            s_t = _step(*_with_shift(ranges[names["tail"]], d_t))
-            d_k, d_t = half * (1 / copies + j_k) * s_k, half * (1 / copies + j_t) * s_t
+        d_k, d_t = _spread(ranges[names["skip"]], copies, j_k), _spread(ranges[names["tail"]], copies, j_t)
         s_sum = _step(*_with_shift(ranges[names["sum"]], d_k + d_t))
         phase = ((d_k + d_t) / half / s_sum - 1 / copies) % 1.0
         miss = min(phase, 1.0 - phase)
@@ -116,12 +121,6 @@ def _averaged_inputs(conv: nn.Conv2d, copies: int) -> nn.Conv2d:
     return new
 
 
-def _spread(r, copies: int) -> float:
-    """Half-spread of copies of a tensor with range r staggered 1/copies of the widened range's step."""
-    half, d = (copies - 1) / 2, 0.0
-    for _ in range(5):
-        d = half / copies * _step(*_with_shift(r, d))
-    return d
 
 
 def _shuffle_labels(upsampler, channels: int) -> torch.Tensor:

@@ -179,6 +179,12 @@ TOLERANCES = {
 PTQ, QAT = "ptq", "qat"
 
 
+def stagger_tag(copies: int, upsampler: bool = False) -> str:
+    """How a staggered int8 QAT file is named and labelled: "" without copies, "staggerK" with K
+    copies of the direct path, "staggerKu" with the upsampler's output carried K times too."""
+    return f"stagger{copies}" + ("u" if upsampler else "") if copies > 1 else ""
+
+
 @dataclass(frozen=True)
 class Precision:
     """One precision as the converters build it, the manifest names it and the check judges it."""
@@ -375,9 +381,8 @@ class ArtifactEntry:
     def stagger_tag(self) -> str:
         """"" for a file without staggered copies, "staggerK" with K copies of the direct path,
         "staggerKu" when the upsampler's output is carried K times too (the names to_tflite.py gives)."""
-        if self.stagger == 1:
-            return ""
-        return f"stagger{self.stagger}" + ("u" if self.extra["stagger"].get("upsampler") is True else "")
+        about = self.extra.get("stagger")
+        return stagger_tag(self.stagger, isinstance(about, dict) and about.get("upsampler") is True)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ArtifactEntry":
