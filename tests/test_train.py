@@ -139,6 +139,36 @@ def test_l2_loss_trains_differently_and_is_recorded(data, tmp_path):
     assert l2_loss < l1_loss
 
 
+def test_psnr_loss_is_minus_the_mean_patch_psnr_and_weighs_patches_by_their_own_error():
+    from drsan_kit.core.train import RELATIVE_FLOOR, psnr_loss
+
+    target = torch.zeros(3, 3, 4, 4)
+    pred = target.clone()
+    pred[0] += 0.1    # MSE 1e-2: 20 dB
+    pred[1] += 0.01   # MSE 1e-4: 40 dB
+    # pred[2] is exact: the floor holds it at 45 dB instead of an infinite PSNR
+    psnr = -10 * torch.log10(torch.tensor([1e-2, 1e-4, 0.0]) + RELATIVE_FLOOR)
+    assert torch.allclose(psnr_loss(pred, target), -psnr.mean())
+    assert torch.allclose(psnr[2], torch.tensor(45.0))
+    # its gradient is L2's, each patch divided by its own error: the 40 dB patch pulls ~100x harder
+    pred.requires_grad_(True)
+    psnr_loss(pred, target).backward()
+    g = pred.grad.flatten(1).mean(1)
+    assert torch.allclose(g[1] / 0.01 / (g[0] / 0.1), torch.tensor((1e-2 + RELATIVE_FLOOR) / (1e-4 + RELATIVE_FLOOR)),
+                          rtol=1e-4)
+
+
+def test_psnr_loss_trains_and_is_recorded(data, tmp_path):
+    train_main(_args(data, tmp_path / "l2", 2, loss="l2"))
+    train_main(_args(data, tmp_path / "psnr", 2, loss="psnr"))
+    a, b = (read_checkpoint(tmp_path / name / "last.pt") for name in ("l2", "psnr"))
+    assert b["meta"]["training"]["loss"] == "psnr"
+    assert any(not torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    # the logged loss is minus a PSNR in dB: negative, and a noise-level model on random images is near 10-20 dB
+    logged = float((tmp_path / "psnr" / "log.csv").read_text().splitlines()[1].split(",")[1])
+    assert -45 < logged < 0
+
+
 def test_channels_last_learns_the_same_and_saves_plain_tensors(data, tmp_path):
     for layout in ("channels_last", "contiguous"):
         train_main(_args(data, tmp_path / layout, 3, memory_format=layout))
