@@ -24,6 +24,7 @@ if __name__ == "__main__" and not __package__:   # run by path, e.g. python eval
     importlib.import_module(__package__)
 
 import argparse
+import json
 import re
 from pathlib import Path
 
@@ -70,6 +71,9 @@ def parse_args(argv=None):
                     help="CPU threads for torch and the --artifact interpreter; 0 (the default): torch's own default, "
                          "and every core for the interpreter")
     ap.add_argument("--out", type=Path, default=None, help="write the report here (Markdown) as well")
+    ap.add_argument("--json", type=Path, default=None,
+                    help="write the rows and tensors here too, unrounded (JSON), for comparisons finer than "
+                         "the report's 0.001 dB")
     return ap.parse_args(argv)
 
 
@@ -311,6 +315,13 @@ def report(args, source, n_crops, rows, alone, roles, prov) -> str:
     return "\n".join(lines) + "\n"
 
 
+def as_json(rows, alone, roles, prov) -> dict:
+    return {"provenance": prov,
+            "rows": {label: {"error": e, "dpsnr_db": d} for label, (e, d) in rows.items()},
+            "tensors": [{"name": name, "part": roles.get(name, "other"), "range": rng, "error_alone": e}
+                        for e, name, rng in alone]}
+
+
 def reference_model(args):
     from ..core.checkpoint import load_checkpoint, resolve_weights
 
@@ -337,6 +348,9 @@ def main(argv=None):
     if args.out:
         with atomic_path(args.out) as tmp:
             tmp.write_text(text)
+    if args.json:
+        with atomic_path(args.json) as tmp:
+            tmp.write_text(json.dumps(as_json(rows, alone, roles, provenance.header(argv)), indent=1) + "\n")
     return 0
 
 

@@ -1,4 +1,5 @@
 """eval/int8_budget.py: each int8 tensor's share of the simulation's output error."""
+import json
 import re
 
 import pytest
@@ -56,7 +57,8 @@ def test_a_missing_folder_is_one_line_and_exit_2(tmp_path):
 def test_whole_images_give_the_summary_rows_only(photos, tmp_path):
     out = tmp_path / "whole.md"
     run_tool("eval/int8_budget.py", "--scale", "4", "--weights", SHIPPED_X4.with_name("drsan_32s_x4_qat.pt"),
-             "--data", photos, "--val-split", "2", "--crops", "2", "--whole", "--threads", "1", "--out", out)
+             "--data", photos, "--val-split", "2", "--crops", "2", "--whole", "--threads", "1", "--out", out,
+             "--json", tmp_path / "whole.json")
     text = out.read_text()
     assert "2 whole held-out images" in text and "Per-tensor shares: run on crops" in text
     rows = dict(re.findall(r"^\| ([^|]+) \| ([\d.]+) \| [\d.]+ dB \| [-+][\d.]+ dB \|$", text, flags=re.M))
@@ -64,3 +66,9 @@ def test_whole_images_give_the_summary_rows_only(photos, tmp_path):
     assert everything > float(next(v for k, v in rows.items() if k.startswith("all but the direct path"))) > 0
     assert everything > float(rows["every weight, and every activation but the direct path's, rounded"]) > 0
     assert not _shares(text)
+    # the JSON holds the same rows unrounded
+    unrounded = json.loads((tmp_path / "whole.json").read_text())["rows"]
+    assert set(unrounded) == set(rows)
+    for label, row in unrounded.items():
+        assert f"{row['error']:.4f}" == rows[label]
+        assert f"| {row['dpsnr_db']:+.3f} dB |" in text
