@@ -48,7 +48,7 @@ from .images import list_images
 from .metrics import psnr_y
 from .provenance import usable_cores
 from .model import build_model
-from . import qat
+from . import qat, stagger
 from .variants import SCALES, VARIANTS
 
 
@@ -379,6 +379,11 @@ def parse_args(argv=None):
     ap.add_argument("--qat-range-lr", type=float, default=1e-3, metavar="LR",
                     help="with --qat-ranges learned: peak learning rate of the ranges' log-width and centre "
                          "(in units of the starting width); same schedule as --lr")
+    ap.add_argument("--qat-hold-staggered", action="store_true",
+                    help="with --qat-ranges learned: hold the ranges of the tensors that --stagger and "
+                         "--stagger-upsampler copy (skip head, tail, their sum, the upsampler's output) and "
+                         "learn the others; the copies' grids are set from those ranges, so ranges learned "
+                         "for one copy need not suit two")
     ap.add_argument("--train-params", choices=["all", "bias"], default="all",
                     help="which parameters training moves: all (default), or bias: the biases and PReLU slopes "
                          "only, every convolution weight held (with --qat: corrects the mean shift of the int8 "
@@ -418,6 +423,21 @@ def main(argv=None):
         raise SystemExit(f"error: {exc}") from None
 
 
+def held_ranges(model) -> list[str]:
+    """The simulated tensors whose ranges --qat-hold-staggered holds (core/stagger.py names them)."""
+    try:
+        return sorted(stagger.direct_path_tensors(model, upsampler=True).values())
+    except ValueError as exc:
+        raise TrainingError(f"--qat-hold-staggered: {exc}") from None
+
+
+def hold_staggered_ranges(model, scored):
+    # freezing stops their learning (no gradient reaches them) and keeps their carried range exactly
+    quants = qat.act_quants(scored)
+    for name in held_ranges(model):
+        quants[name].freeze()
+
+
 def train(args, argv=None):
     """One training run (resumed from args.out/last.pt when there is one)."""
     # flags that cannot go together fail before anything is read or written
@@ -425,6 +445,8 @@ def train(args, argv=None):
         raise TrainingError("--qat and --ema cannot be combined")
     if args.qat_ranges == "learned" and not args.qat:
         raise TrainingError("--qat-ranges learned needs --qat")
+    if args.qat_hold_staggered and args.qat_ranges != "learned":
+        raise TrainingError("--qat-hold-staggered needs --qat --qat-ranges learned")
     if args.distill_weighting != "uniform" and not (args.teacher and args.loss == "l2"):
         raise TrainingError("--distill-weighting relative needs --teacher and --loss l2")
     args.lr = scaled_lr(args.lr, args.lr_scaling, args.batch * int(os.environ.get("WORLD_SIZE", "1")))
@@ -506,6 +528,8 @@ def train(args, argv=None):
                                      "name": "ranges"})
             except ValueError as exc:
                 raise TrainingError(f"--qat-ranges learned: {exc}") from None
+            if args.qat_hold_staggered:
+                hold_staggered_ranges(model, scored)
         net = torch.nn.parallel.DistributedDataParallel(scored) if ddp else scored
         args.amp = "off"   # rounding to int8 steps needs fp32 arithmetic
     if resume.is_file():
@@ -562,6 +586,7 @@ def train(args, argv=None):
                 "ranges_mode": (carried_mode if args.qat_ranges == "tracked" and args.qat_freeze == 0
                                 and carried_mode else args.qat_ranges),
                 "range_lr": args.qat_range_lr if args.qat_ranges == "learned" else None,
+                "ranges_held": held_ranges(model) if args.qat_hold_staggered else None,
                 "graph": "int8 TFLite, PReLU spelled sub, concatenation inputs requantized",
                 "validation": "int8 simulation"}
 

@@ -25,6 +25,7 @@ def bench_dir():
 
 
 SHIPPED_X4 = REPO / "weights" / "drsan_32s_x4.pt"
+SHIPPED_X2_QAT = REPO / "weights" / "drsan_32s_x2_qat.pt"
 
 
 def randomised(model):

@@ -6,7 +6,7 @@ from PIL import Image
 
 from drsan_kit.core.checkpoint import load_checkpoint, read_checkpoint
 from drsan_kit.core.datapack import file_sha256
-from conftest import straight_and_resumed, train_args
+from conftest import SHIPPED_X2_QAT, straight_and_resumed, train_args
 from drsan_kit.core.train import main as train_main
 
 
@@ -344,6 +344,21 @@ def test_learned_qat_ranges_train_resume_exactly_and_ship(data, tmp_path):
     assert not (tmp_path / "fresh").exists()
     with pytest.raises(SystemExit, match="--qat-ranges learned needs --qat"):
         train_main(_args(data, tmp_path / "noqat", 1, qat_ranges="learned"))
+
+
+def test_held_staggered_ranges_stay_as_carried_while_the_others_learn(data, tmp_path):
+    start = SHIPPED_X2_QAT   # equalized: it has the skip head that staggered copies split
+    carried = read_checkpoint(start)["meta"]["qat"]["ranges"]
+    train_main(_args(data, tmp_path / "held", 2, init_from=start, qat=True, qat_ranges="learned",
+                     qat_range_lr=0.05, lr=0, qat_hold_staggered=True))
+    qat_meta = read_checkpoint(tmp_path / "held" / "model.pt")["meta"]["qat"]
+    held = qat_meta["ranges_held"]
+    assert held == ["aq_248_skip_head", "aq_249_tail", "aq_250_add_40", "aq_251_upsampler_convs_0"]
+    assert all(qat_meta["ranges"][name] == carried[name] for name in held)
+    assert sum(qat_meta["ranges"][name] != carried[name] for name in carried) > 100
+    with pytest.raises(SystemExit, match="--qat-hold-staggered needs --qat --qat-ranges learned"):
+        train_main(_args(data, tmp_path / "bad", 1, init_from=start, qat=True, qat_hold_staggered=True))
+    assert not (tmp_path / "bad").exists()
 
 
 def test_bias_only_training_holds_every_conv_weight_and_resumes_exactly(data, tmp_path):
