@@ -121,8 +121,6 @@ def _averaged_inputs(conv: nn.Conv2d, copies: int) -> nn.Conv2d:
     return new
 
 
-
-
 def _shuffle_labels(upsampler, channels: int) -> torch.Tensor:
     """(channels / s^2, s, s): which conv output channel the upsampler's last depth-to-space puts
     at each output channel and sub-pixel (its own order, crd or dcr)."""

@@ -118,6 +118,11 @@ def batches(sampler, size: int, start: int, workers: int, pin: bool):
 RELATIVE_FLOOR = 10 ** -4.5
 
 
+def patch_mse(pred, target):
+    """Each patch's mean squared error (the batch's first dimension kept)."""
+    return ((pred - target) ** 2).flatten(1).mean(1)
+
+
 def psnr_loss(pred, target):
     """Minus the patches' mean PSNR (each patch's MSE floored at 45 dB).
 
@@ -125,8 +130,7 @@ def psnr_loss(pred, target):
     nearly exact, far more dB than a textured one. The gradient of this loss is L2's with each patch
     weighted by the inverse of its own error, so flat patches weigh as much as the dB they lose.
     """
-    mse = ((pred - target) ** 2).flatten(1).mean(1)
-    return 10.0 * torch.log10(mse + RELATIVE_FLOOR).mean()
+    return 10.0 * torch.log10(patch_mse(pred, target) + RELATIVE_FLOOR).mean()
 
 
 # PSNR is 10*log10(1/MSE): L2 targets it directly, L1 (the paper's) trains faster and more robustly;
@@ -142,14 +146,14 @@ def relative_weights(teacher_out, hr):
     so weighted, the loss follows the PSNR drop a student adds, patch by patch, which is what drift
     reports measure; flat patches, where the teacher is nearly exact and any rounding shows, weigh more.
     """
-    m = ((teacher_out - hr) ** 2).flatten(1).mean(1).clamp(min=RELATIVE_FLOOR)
+    m = patch_mse(teacher_out, hr).clamp(min=RELATIVE_FLOOR)
     w = 1.0 / m
     return w / w.mean()
 
 
 def weighted_l2(weights):
     def loss(pred, target):
-        return (((pred - target) ** 2).flatten(1).mean(1) * weights).mean()
+        return (patch_mse(pred, target) * weights).mean()
     return loss
 
 
@@ -423,19 +427,17 @@ def main(argv=None):
         raise SystemExit(f"error: {exc}") from None
 
 
-def held_ranges(model) -> list[str]:
-    """The simulated tensors whose ranges --qat-hold-staggered holds (core/stagger.py names them)."""
+def hold_staggered_ranges(model, scored) -> list[str]:
+    """Freeze the ranges of the tensors --stagger copies (core/stagger.py names them); returns their names."""
     try:
-        return sorted(stagger.direct_path_tensors(model, upsampler=True).values())
+        held = sorted(stagger.direct_path_tensors(model, upsampler=True).values())
     except ValueError as exc:
         raise TrainingError(f"--qat-hold-staggered: {exc}") from None
-
-
-def hold_staggered_ranges(model, scored):
     # freezing stops their learning (no gradient reaches them) and keeps their carried range exactly
     quants = qat.act_quants(scored)
-    for name in held_ranges(model):
+    for name in held:
         quants[name].freeze()
+    return held
 
 
 def train(args, argv=None):
@@ -512,7 +514,7 @@ def train(args, argv=None):
     ema = ema_of(model, args.ema, ema_saved) if args.ema else None
     # what validation measures and model.pt ships: the average when there is one
     shipped = ema.module if ema is not None else model
-    scored = shipped
+    scored, held_ranges = shipped, None
     if args.qat:
         # the int8 simulation shares the model's parameters; validation scores what int8 will compute
         scored = qat.prepare(model).to(device)
@@ -529,7 +531,7 @@ def train(args, argv=None):
             except ValueError as exc:
                 raise TrainingError(f"--qat-ranges learned: {exc}") from None
             if args.qat_hold_staggered:
-                hold_staggered_ranges(model, scored)
+                held_ranges = hold_staggered_ranges(model, scored)
         net = torch.nn.parallel.DistributedDataParallel(scored) if ddp else scored
         args.amp = "off"   # rounding to int8 steps needs fp32 arithmetic
     if resume.is_file():
@@ -586,7 +588,7 @@ def train(args, argv=None):
                 "ranges_mode": (carried_mode if args.qat_ranges == "tracked" and args.qat_freeze == 0
                                 and carried_mode else args.qat_ranges),
                 "range_lr": args.qat_range_lr if args.qat_ranges == "learned" else None,
-                "ranges_held": held_ranges(model) if args.qat_hold_staggered else None,
+                "ranges_held": held_ranges,
                 "graph": "int8 TFLite, PReLU spelled sub, concatenation inputs requantized",
                 "validation": "int8 simulation"}
 

@@ -343,14 +343,14 @@ def main(argv=None):
         artifact = (args.artifact.name, artifact_outputs(args.artifact, pairs, inputs, args.scale, args.threads))
     rows, alone = budget(sim, reference_model(args), pairs, inputs, roles, args.scale, shares=not args.whole,
                          artifact=artifact)
-    text = report(args, source, len(pairs), rows, alone, roles, provenance.header(argv))
+    prov = provenance.header(argv)
+    text = report(args, source, len(pairs), rows, alone, roles, prov)
     print(text, end="")
-    if args.out:
-        with atomic_path(args.out) as tmp:
-            tmp.write_text(text)
-    if args.json:
-        with atomic_path(args.json) as tmp:
-            tmp.write_text(json.dumps(as_json(rows, alone, roles, provenance.header(argv)), indent=1) + "\n")
+    data = json.dumps(as_json(rows, alone, roles, prov), indent=1) + "\n"
+    for path, content in ((args.out, text), (args.json, data)):
+        if path:
+            with atomic_path(path) as tmp:
+                tmp.write_text(content)
     return 0
 
 
