@@ -99,7 +99,8 @@ def load_qat(path: str, args):
     about = {"checkpoint": common.shown_path(path), "checkpoint_sha256": sha256(Path(path)),
              "iterations": qat.get("iterations"), "init_from": qat.get("init_from"),
              **({"init_from_sha256": qat["init_from_sha256"]} if qat.get("init_from_sha256") else {}),
-             "validation": blob["meta"].get("validation", {}).get("set")}
+             "validation": blob["meta"].get("validation", {}).get("set"),
+             **({"trained_stagger": qat["stagger"]} if isinstance(qat.get("stagger"), dict) else {})}
     return model, qat["ranges"], about
 
 

@@ -107,6 +107,13 @@ def main(argv=None):
         ap.error("--stagger-upsampler needs --stagger K (2 or more copies)")
     model, blob, weights = common.load_reference(args)
     qat_model, qat_ranges_, qat_about = load_qat(args.qat, args) if args.qat else (None, None, None)
+    trained_for = (qat_about or {}).get("trained_stagger")
+    if trained_for and (trained_for.get("copies"), bool(trained_for.get("upsampler"))) != (
+            args.stagger, args.stagger_upsampler):
+        # the weights fit the graph they were fine-tuned through best; another one still converts
+        print(f"note: {args.qat} was fine-tuned for --stagger {trained_for.get('copies')}"
+              f"{' --stagger-upsampler' if trained_for.get('upsampler') else ''}; converting with "
+              f"--stagger {args.stagger}{' --stagger-upsampler' if args.stagger_upsampler else ''}")
     stagger = None
     if args.stagger != 1:
         try:

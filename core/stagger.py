@@ -102,23 +102,21 @@ def _shifts(ranges: dict, names: dict, copies: int, search: int = 3):
     return best[1], best[2], best[3]
 
 
-def _copied_outputs(conv: nn.Conv2d, copies: int, half_spread: float) -> nn.Conv2d:
-    """conv with its outputs repeated `copies` times, copy i shifted by a constant (in its bias)."""
-    new = nn.Conv2d(conv.in_channels, conv.out_channels * copies, conv.kernel_size, conv.stride, conv.padding)
-    shifts = torch.linspace(-half_spread, half_spread, copies) if copies > 1 else torch.zeros(1)
-    with torch.no_grad():
-        new.weight.copy_(torch.cat([conv.weight] * copies))
-        new.bias.copy_(torch.cat([conv.bias + float(s) for s in shifts]))
-    return new
+def _copied_outputs(copies: int, half_spread: float):
+    """(weight, bias) -> the same conv's with its outputs repeated `copies` times, copy i shifted by a
+    constant (in its bias)."""
+    shifts = [float(s) for s in torch.linspace(-half_spread, half_spread, copies)] if copies > 1 else [0.0]
+
+    def rewrite(w, b):
+        return torch.cat([w] * copies), torch.cat([b + s for s in shifts])
+    return rewrite
 
 
-def _averaged_inputs(conv: nn.Conv2d, copies: int) -> nn.Conv2d:
-    """conv reading `copies` copies of its input and averaging them (weights / copies on each)."""
-    new = nn.Conv2d(conv.in_channels * copies, conv.out_channels, conv.kernel_size, conv.stride, conv.padding)
-    with torch.no_grad():
-        new.weight.copy_(torch.cat([conv.weight / copies] * copies, dim=1))
-        new.bias.copy_(conv.bias)
-    return new
+def _averaged_inputs(copies: int):
+    """(weight, bias) -> a conv's reading `copies` copies of its input and averaging them."""
+    def rewrite(w, b):
+        return torch.cat([w / copies] * copies, dim=1), b
+    return rewrite
 
 
 def _shuffle_labels(upsampler, channels: int) -> torch.Tensor:
@@ -130,21 +128,75 @@ def _shuffle_labels(upsampler, channels: int) -> torch.Tensor:
     return shuffle(labels, s)[0].round().long()
 
 
-def _copied_before_shuffle(conv: nn.Conv2d, upsampler, copies: int, half_spread: float) -> nn.Conv2d:
-    """The upsampler's last conv with its outputs repeated `copies` times, laid out so that its
-    depth-to-space gives the copies one after another (copy i: channels i*C .. i*C + C - 1)."""
-    n = conv.out_channels
-    old = _shuffle_labels(upsampler, n)              # (C, s, s)
-    new_labels = _shuffle_labels(upsampler, n * copies)   # (copies * C, s, s)
+def _copied_before_shuffle(upsampler, channels: int, copies: int, half_spread: float):
+    """(weight, bias) -> the upsampler's last conv's with its `channels` outputs repeated `copies`
+    times, laid out so that its depth-to-space gives the copies one after another (copy i: channels
+    i*C .. i*C + C - 1)."""
+    old = _shuffle_labels(upsampler, channels)                 # (C, s, s)
+    new_labels = _shuffle_labels(upsampler, channels * copies)   # (copies * C, s, s)
     c = old.shape[0]
-    new = nn.Conv2d(conv.in_channels, n * copies, conv.kernel_size, conv.stride, conv.padding)
-    shifts = torch.linspace(-half_spread, half_spread, copies)
+    source = torch.empty(channels * copies, dtype=torch.long)   # the old channel behind each new one
+    shift = torch.empty(channels * copies)
+    for i, s in enumerate(torch.linspace(-half_spread, half_spread, copies)):
+        source[new_labels[i * c:(i + 1) * c].flatten()] = old.flatten()
+        shift[new_labels[i * c:(i + 1) * c].flatten()] = float(s)
+
+    def rewrite(w, b):
+        return w[source.to(w.device)], b[source.to(b.device)] + shift.to(b)
+    return rewrite
+
+
+def _rewrites(model, ranges: dict, names: dict, copies: int, upsampler: bool):
+    """([(conv path, rewrite of its (weight, bias)), ...] in the order they apply, the ranges of the
+    rewritten int8 graph, a description). A path may be rewritten twice (x2: the upsampler's only
+    conv reads the tail's copies and writes its own)."""
+    d_k, d_t, miss = _shifts(ranges, names, copies)
+    steps = [("skip_head", _copied_outputs(copies, d_k)), ("tail", _copied_outputs(copies, d_t)),
+             ("upsampler.convs.0", _averaged_inputs(copies))]
+    new_ranges = dict(ranges)
+    new_ranges[names["skip"]] = _with_shift(ranges[names["skip"]], d_k)
+    new_ranges[names["tail"]] = _with_shift(ranges[names["tail"]], d_t)
+    new_ranges[names["sum"]] = _with_shift(ranges[names["sum"]], d_k + d_t)
+    split = [names["skip"], names["tail"], names["sum"]]
+    about = {"copies": copies, "tensors": sorted(split),
+             "shifts": {"skip_head": round(d_k, 6), "tail": round(d_t, 6)},
+             "sum_stagger_error_steps": round(miss, 4)}
+    if upsampler:
+        d_u = _spread(ranges[names["upsampler"]], copies)
+        last = len(model.upsampler.convs) - 1
+        steps += [(f"upsampler.convs.{last}",
+                   _copied_before_shuffle(model.upsampler, model.upsampler.convs[last].out_channels, copies, d_u)),
+                  ("recon", _averaged_inputs(copies))]
+        new_ranges[names["upsampler"]] = _with_shift(ranges[names["upsampler"]], d_u)
+        about["tensors"] = sorted(split + [names["upsampler"]])
+        about["upsampler"] = True
+        about["shifts"]["upsampler"] = round(d_u, 6)
+    return steps, new_ranges, about
+
+
+def _rewritten_params(model, steps, params=None) -> dict[str, torch.Tensor]:
+    """{conv path + '.weight' / '.bias': tensor} after the rewrites, from `params` (name -> tensor,
+    default the model's own), differentiable in them."""
+    own = dict(model.named_parameters()) if params is None else params
+    convs = {}
+    for path, rewrite in steps:
+        convs[path] = rewrite(*convs.get(path, (own[f"{path}.weight"], own[f"{path}.bias"])))
+    return {f"{path}.{kind}": t for path, (w, b) in convs.items() for kind, t in zip(("weight", "bias"), (w, b))}
+
+
+def _set_conv(model, path: str, weight: torch.Tensor, bias: torch.Tensor):
+    """Replace the conv at `path` by one of the same geometry holding these weights."""
+    parent, _, name = path.rpartition(".")
+    owner = model.get_submodule(parent) if parent else model
+    old = getattr(owner, name)
+    new = nn.Conv2d(weight.shape[1], weight.shape[0], old.kernel_size, old.stride, old.padding)
     with torch.no_grad():
-        for i in range(copies):
-            dst, src = new_labels[i * c:(i + 1) * c].flatten(), old.flatten()
-            new.weight[dst] = conv.weight[src]
-            new.bias[dst] = conv.bias[src] + float(shifts[i])
-    return new
+        new.weight.copy_(weight)
+        new.bias.copy_(bias)
+    if isinstance(owner, nn.ModuleList):
+        owner[int(name)] = new
+    else:
+        setattr(owner, name, new)
 
 
 def stagger_direct_path(model, ranges: dict[str, list[float]], copies: int = 2, upsampler: bool = False):
@@ -165,26 +217,61 @@ def stagger_direct_path(model, ranges: dict[str, list[float]], copies: int = 2, 
         raise ValueError(f"the QAT ranges have no {missing[0]}: not ranges of this model's graph")
     if copies == 1:
         return model, dict(ranges), {"copies": 1}
-    d_k, d_t, miss = _shifts(ranges, names, copies)
+    steps, new_ranges, about = _rewrites(model, ranges, names, copies, upsampler)
     out = copy.deepcopy(model)
-    out.skip_head = _copied_outputs(model.skip_head, copies, d_k)
-    out.tail = _copied_outputs(model.tail, copies, d_t)
-    out.upsampler.convs[0] = _averaged_inputs(model.upsampler.convs[0], copies)
-    new_ranges = dict(ranges)
-    new_ranges[names["skip"]] = _with_shift(ranges[names["skip"]], d_k)
-    new_ranges[names["tail"]] = _with_shift(ranges[names["tail"]], d_t)
-    new_ranges[names["sum"]] = _with_shift(ranges[names["sum"]], d_k + d_t)
-    split = [names["skip"], names["tail"], names["sum"]]
-    about = {"copies": copies, "tensors": sorted(split),
-             "shifts": {"skip_head": round(d_k, 6), "tail": round(d_t, 6)},
-             "sum_stagger_error_steps": round(miss, 4)}
-    if upsampler:
-        d_u = _spread(ranges[names["upsampler"]], copies)
-        last = len(out.upsampler.convs) - 1
-        out.upsampler.convs[last] = _copied_before_shuffle(out.upsampler.convs[last], out.upsampler, copies, d_u)
-        out.recon = _averaged_inputs(model.recon, copies)
-        new_ranges[names["upsampler"]] = _with_shift(ranges[names["upsampler"]], d_u)
-        about["tensors"] = sorted(split + [names["upsampler"]])
-        about["upsampler"] = True
-        about["shifts"]["upsampler"] = round(d_u, 6)
+    with torch.no_grad():
+        rewritten = _rewritten_params(model, steps)
+    for path in dict(steps):
+        _set_conv(out, path, rewritten[f"{path}.weight"], rewritten[f"{path}.bias"])
     return out, new_ranges, about
+
+
+class StaggeredSimulation(nn.Module):
+    """The int8 simulation of the staggered graph, trainable through the plain model's parameters.
+
+    Quantization-aware training on the graph that --stagger ships: the loss sees the copies'
+    rounding, and its gradients reach the unstaggered checkpoint's weights (each rewritten conv is
+    computed from the model's own conv at every step, so a bias moves all its copies alike) and its
+    ranges (every tensor but the split ones rounds on `scored`'s range objects, learned or tracked).
+    The split tensors' ranges must stay as they are: the copies' shifts follow from them. So the
+    checkpoint that training writes converts (converters/to_tflite.py --qat --stagger K) to exactly
+    the graph that was trained.
+
+    model: the DRSAN being trained; scored: its int8 simulation (core/qat.prepare) with the ranges
+    loaded."""
+
+    def __init__(self, model, scored, copies: int, upsampler: bool = False):
+        super().__init__()
+        if not 2 <= copies <= MAX_COPIES:
+            raise ValueError(f"copies must be 2 to {MAX_COPIES}, not {copies}")
+        ranges = qat.ranges(scored)
+        names = direct_path_tensors(model, upsampler)
+        missing = [n for n in names.values() if n not in ranges]
+        if missing:
+            raise ValueError(f"the int8 ranges have no {missing[0]}: train from a QAT checkpoint")
+        self.steps, new_ranges, self.about = _rewrites(model, ranges, names, copies, upsampler)
+        self.split = sorted(names.values())
+        # the copy shares every parameter the rewrites leave alone
+        staggered = copy.deepcopy(model, memo={id(p): p for p in model.parameters()})
+        with torch.no_grad():
+            rewritten = _rewritten_params(model, self.steps)
+        for path in dict(self.steps):
+            _set_conv(staggered, path, rewritten[f"{path}.weight"], rewritten[f"{path}.bias"])
+        self.sim = qat.prepare(staggered).to(next(model.parameters()).device)
+        qat.load_ranges(self.sim, new_ranges, frozen=True)
+        self._share_ranges(scored, set(self.split))
+        self.__dict__["model"] = model   # not a submodule: its parameters belong to the model
+
+    def _share_ranges(self, scored, split: set[str]):
+        """Round every tensor but the split ones on scored's range objects."""
+        own = qat.act_quants(scored)
+        for name in qat.act_quants(self.sim):
+            if name not in split:
+                parent, _, leaf = name.rpartition(".")
+                setattr(self.sim.get_submodule(parent) if parent else self.sim, leaf, own[name])
+        for name, m in self.sim.named_modules():
+            if isinstance(m, qat.TiedQuant):
+                m.__dict__["owner"] = scored.get_submodule(name).owner
+
+    def forward(self, x):
+        return torch.func.functional_call(self.sim, _rewritten_params(self.model, self.steps), (x,))

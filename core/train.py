@@ -388,6 +388,15 @@ def parse_args(argv=None):
                          "--stagger-upsampler copy (skip head, tail, their sum, the upsampler's output) and "
                          "learn the others; the copies' grids are set from those ranges, so ranges learned "
                          "for one copy need not suit two")
+    ap.add_argument("--stagger", type=int, default=1, metavar="K",
+                    help="with --qat, from a QAT checkpoint: train and validate through the int8 simulation of the "
+                         "graph converters/to_tflite.py --qat --stagger K writes (the direct path carried K times, "
+                         "core/stagger.py), so that the weights and ranges fit the file that ships; the ranges of "
+                         "the copied tensors are held, since the copies' shifts follow from them "
+                         f"(2 to {stagger.MAX_COPIES}; default 1, off)")
+    ap.add_argument("--stagger-upsampler", action="store_true",
+                    help="with --stagger K: the graph of --stagger K --stagger-upsampler (the upsampler's last conv "
+                         "output carried K times as well)")
     ap.add_argument("--train-params", choices=["all", "bias"], default="all",
                     help="which parameters training moves: all (default), or bias: the biases and PReLU slopes "
                          "only, every convolution weight held (with --qat: corrects the mean shift of the int8 "
@@ -427,12 +436,12 @@ def main(argv=None):
         raise SystemExit(f"error: {exc}") from None
 
 
-def hold_staggered_ranges(model, scored) -> list[str]:
+def hold_staggered_ranges(model, scored, upsampler: bool) -> list[str]:
     """Freeze the ranges of the tensors --stagger copies (core/stagger.py names them); returns their names."""
     try:
-        held = sorted(stagger.direct_path_tensors(model, upsampler=True).values())
+        held = sorted(stagger.direct_path_tensors(model, upsampler=upsampler).values())
     except ValueError as exc:
-        raise TrainingError(f"--qat-hold-staggered: {exc}") from None
+        raise TrainingError(f"--stagger / --qat-hold-staggered: {exc}") from None
     # freezing stops their learning (no gradient reaches them) and keeps their carried range exactly
     quants = qat.act_quants(scored)
     for name in held:
@@ -449,6 +458,12 @@ def train(args, argv=None):
         raise TrainingError("--qat-ranges learned needs --qat")
     if args.qat_hold_staggered and args.qat_ranges != "learned":
         raise TrainingError("--qat-hold-staggered needs --qat --qat-ranges learned")
+    if args.stagger != 1 and not (args.qat and 2 <= args.stagger <= stagger.MAX_COPIES):
+        raise TrainingError(f"--stagger needs --qat and 2 to {stagger.MAX_COPIES} copies")
+    if args.stagger_upsampler and args.stagger == 1:
+        raise TrainingError("--stagger-upsampler needs --stagger K (2 or more copies)")
+    if args.stagger != 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise TrainingError("--stagger trains on one device (not under torchrun)")
     if args.distill_weighting != "uniform" and not (args.teacher and args.loss == "l2"):
         raise TrainingError("--distill-weighting relative needs --teacher and --loss l2")
     args.lr = scaled_lr(args.lr, args.lr_scaling, args.batch * int(os.environ.get("WORLD_SIZE", "1")))
@@ -473,10 +488,13 @@ def train(args, argv=None):
     # --init-from its weights, a QAT one its int8 ranges
     source = resume if resume.is_file() else args.init_from
     start = read_checkpoint(source) if source else None
-    if args.qat_ranges == "learned" and not resume.is_file() and not (
-            (start or {}).get("meta", {}).get("qat") or {}).get("ranges"):
-        raise TrainingError("--qat-ranges learned: learned ranges start from existing ones: "
-                            "start from a QAT checkpoint (--init-from)")
+    if not resume.is_file() and not ((start or {}).get("meta", {}).get("qat") or {}).get("ranges"):
+        if args.qat_ranges == "learned":
+            raise TrainingError("--qat-ranges learned: learned ranges start from existing ones: "
+                                "start from a QAT checkpoint (--init-from)")
+        if args.stagger != 1:
+            raise TrainingError("--stagger: the copies' shifts follow from int8 ranges: "
+                                "start from a QAT checkpoint (--init-from)")
     out.mkdir(parents=True, exist_ok=True)   # only now: a damaged --init-from leaves nothing behind
     model = build_model(args.variant, args.scale, skip_head=bool(start and start.get("skip_head", False)))
     # fused Adam: one kernel per step instead of several per tensor (the model has ~100 small tensors)
@@ -514,10 +532,11 @@ def train(args, argv=None):
     ema = ema_of(model, args.ema, ema_saved) if args.ema else None
     # what validation measures and model.pt ships: the average when there is one
     shipped = ema.module if ema is not None else model
-    scored, held_ranges = shipped, None
+    scored = trained = shipped   # trained: what the loss and validation see
+    held_ranges = None
     if args.qat:
         # the int8 simulation shares the model's parameters; validation scores what int8 will compute
-        scored = qat.prepare(model).to(device)
+        scored = trained = qat.prepare(model).to(device)
         if resume.is_file() and "qat" in ts:
             qat.load_range_state(scored, ts["qat"])
         elif args.init_from:
@@ -530,9 +549,16 @@ def train(args, argv=None):
                                      "name": "ranges"})
             except ValueError as exc:
                 raise TrainingError(f"--qat-ranges learned: {exc}") from None
-            if args.qat_hold_staggered:
-                held_ranges = hold_staggered_ranges(model, scored)
-        net = torch.nn.parallel.DistributedDataParallel(scored) if ddp else scored
+        if args.qat_hold_staggered or args.stagger != 1:
+            held_ranges = hold_staggered_ranges(model, scored, args.qat_hold_staggered or args.stagger_upsampler)
+        if args.stagger != 1:
+            try:
+                trained = stagger.StaggeredSimulation(model, scored, args.stagger, args.stagger_upsampler)
+            except ValueError as exc:
+                raise TrainingError(f"--stagger: {exc}") from None
+            log(f"training through the int8 simulation of the --stagger {args.stagger}"
+                f"{' --stagger-upsampler' if args.stagger_upsampler else ''} graph")
+        net = torch.nn.parallel.DistributedDataParallel(scored) if ddp else trained
         args.amp = "off"   # rounding to int8 steps needs fp32 arithmetic
     if resume.is_file():
         try:   # after the learned ranges' parameter group, which the saved optimizer has too
@@ -589,8 +615,11 @@ def train(args, argv=None):
                                 and carried_mode else args.qat_ranges),
                 "range_lr": args.qat_range_lr if args.qat_ranges == "learned" else None,
                 "ranges_held": held_ranges,
+                "stagger": ({"copies": args.stagger, "upsampler": args.stagger_upsampler} if args.stagger != 1
+                            else None),
                 "graph": "int8 TFLite, PReLU spelled sub, concatenation inputs requantized",
-                "validation": "int8 simulation"}
+                "validation": "int8 simulation" + (f" of the --stagger {args.stagger} graph" if args.stagger != 1
+                                                   else "")}
 
     def save_all():
         if rank != 0:
@@ -651,7 +680,7 @@ def train(args, argv=None):
                         else None)
             last = done in (args.iters, stop_at) or stop_why is not None
             if val_pairs and (done % args.val_every == 0 or last):
-                val = validate(scored, val_pairs, args.scale, device)
+                val = validate(trained, val_pairs, args.scale, device)
                 state["last_val"] = val   # model.pt holds these weights: its psnr_y is this score, not the best
                 if state["best_val"] is None or val > state["best_val"]:
                     state["best_val"] = val

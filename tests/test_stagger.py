@@ -158,10 +158,12 @@ def test_upsampler_copies_follow_the_depth_to_space_order(order):
     up = Upsampler(4, 2, order)
     x = torch.rand(1, 4, 5, 6)
     conv = up.convs[0]
-    new = _copied_before_shuffle(conv, up, 3, 0.0)
+    weight, bias = _copied_before_shuffle(up, conv.out_channels, 3, 0.0)(conv.weight, conv.bias)
     with torch.no_grad():
         once = up(x)
-        up.convs[0] = new
+        up.convs[0] = torch.nn.Conv2d(4, weight.shape[0], 3, padding=1)
+        up.convs[0].weight.copy_(weight)
+        up.convs[0].bias.copy_(bias)
         assert torch.allclose(up(x), torch.cat([once] * 3, dim=1))
 
 
@@ -202,3 +204,52 @@ def test_manifest_stagger_tag():
     assert ArtifactEntry.from_dict(base | {"stagger": {"copies": 2}}).stagger_tag == "stagger2"
     assert ArtifactEntry.from_dict(base | {"stagger": {"copies": 2, "upsampler": True}}).stagger_tag == "stagger2u"
     assert ArtifactEntry.from_dict(base | {"stagger": {"copies": 2, "upsampler": "yes"}}).stagger_tag == "stagger2"
+
+
+@pytest.mark.parametrize("upsampler", [False, True])
+def test_staggered_simulation_computes_the_rewritten_graph_and_trains_the_plain_model(x4_qat, upsampler):
+    """core/train.py --stagger trains through StaggeredSimulation: it must compute exactly what the int8
+    simulation of stagger_direct_path's rewrite computes, and send its gradients to the unstaggered
+    model's own parameters and the shared ranges, never to the held ranges of the copied tensors."""
+    from drsan_kit.core.stagger import StaggeredSimulation
+
+    model, ranges = x4_qat
+    staggered, new_ranges, about = stagger_direct_path(model, ranges, 2, upsampler=upsampler)
+    want_sim = qat.prepare(staggered)
+    qat.load_ranges(want_sim, new_ranges)
+    scored = qat.prepare(model)
+    qat.load_ranges(scored, ranges, frozen=False)
+    qat.learn_ranges(scored)
+    for name in direct_path_tensors(model, upsampler=upsampler).values():
+        qat.act_quants(scored)[name].freeze()
+    sim = StaggeredSimulation(model, scored, 2, upsampler=upsampler)
+    assert sim.about == about
+    x = _images(seed=5)
+    with torch.no_grad():
+        assert torch.equal(sim.eval()(x), want_sim.eval()(x))
+    model.zero_grad()
+    sim.train()(x).square().mean().backward()
+    assert model.skip_head.bias.grad.abs().sum() > 0 and model.recon.weight.grad.abs().sum() > 0
+    quants = qat.learnable_quants(scored)
+    assert all(quants[n].log_width.grad is None for n in sim.split)
+    assert sum(q.log_width.grad is not None and bool(q.log_width.grad != 0) for q in quants.values()) > 200
+    model.zero_grad()
+    with pytest.raises(ValueError, match="copies must be 2"):
+        StaggeredSimulation(model, scored, 1)
+
+
+def test_converter_reads_the_graph_a_checkpoint_was_trained_for(tmp_path):
+    import argparse
+
+    from drsan_kit.converters.tflite import load_qat
+    from drsan_kit.core.checkpoint import read_checkpoint, save_checkpoint
+    from conftest import SHIPPED_X2_QAT
+
+    model, blob = load_checkpoint(SHIPPED_X2_QAT)
+    args = argparse.Namespace(variant="32s", scale=2)
+    assert "trained_stagger" not in load_qat(str(SHIPPED_X2_QAT), args)[2]
+    for stagger, want in (({"copies": 2, "upsampler": True}, {"copies": 2, "upsampler": True}), ([2], None)):
+        meta = blob["meta"] | {"qat": blob["meta"]["qat"] | {"stagger": stagger}}
+        path = save_checkpoint(tmp_path / "trained.pt", model, meta)
+        assert read_checkpoint(path)["meta"]["qat"]["stagger"] == stagger
+        assert load_qat(str(path), args)[2].get("trained_stagger") == want
