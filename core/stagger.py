@@ -14,7 +14,8 @@ they cancel in the average, at the frame border too (every copy is zero-padded a
 the tail conv K times its outputs and the first upsampler conv K times its inputs. The shifts
 follow from the int8 ranges, so it is applied to a quantization-aware checkpoint, whose ranges
 are fixed, at conversion time (converters/to_tflite.py --qat CKPT --stagger K); the checkpoint
-itself stays as it is.
+itself stays as it is. Fine-tuning can see the copies' rounding too (core/train.py --stagger K,
+through StaggeredSimulation), the checkpoint still the plain model.
 """
 from __future__ import annotations
 
