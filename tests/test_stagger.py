@@ -253,3 +253,19 @@ def test_converter_reads_the_graph_a_checkpoint_was_trained_for(tmp_path):
         path = save_checkpoint(tmp_path / "trained.pt", model, meta)
         assert read_checkpoint(path)["meta"]["qat"]["stagger"] == stagger
         assert load_qat(str(path), args)[2].get("trained_stagger") == want
+
+
+def test_x2_candidate_was_trained_for_the_graph_it_is_kept_for():
+    """weights/candidates/drsan_32s_x2_qat_stagger2u.pt (weights/README.md): fine-tuned through the
+    --stagger 2 --stagger-upsampler graph, its copied tensors' ranges those it started from, so the
+    converter's rewrite of it is the graph that was trained."""
+    from conftest import REPO, SHIPPED_X2_QAT
+    from drsan_kit.core.checkpoint import read_checkpoint
+
+    candidate = read_checkpoint(REPO / "weights" / "candidates" / "drsan_32s_x2_qat_stagger2u.pt")
+    shipped = read_checkpoint(SHIPPED_X2_QAT)["meta"]["qat"]["ranges"]
+    meta = candidate["meta"]["qat"]
+    assert meta["stagger"] == {"copies": 2, "upsampler": True}
+    assert meta["ranges_held"] and all(meta["ranges"][n] == shipped[n] for n in meta["ranges_held"])
+    model, _ = load_checkpoint(REPO / "weights" / "candidates" / "drsan_32s_x2_qat_stagger2u.pt")
+    assert stagger_direct_path(model, meta["ranges"], 2, upsampler=True)[2]["tensors"] == meta["ranges_held"]
