@@ -175,10 +175,10 @@ def _rewrites(model, ranges: dict, names: dict, copies: int, upsampler: bool):
     return steps, new_ranges, about
 
 
-def _rewritten_params(model, steps, params=None) -> dict[str, torch.Tensor]:
-    """{conv path + '.weight' / '.bias': tensor} after the rewrites, from `params` (name -> tensor,
-    default the model's own), differentiable in them."""
-    own = dict(model.named_parameters()) if params is None else params
+def _rewritten_params(model, steps) -> dict[str, torch.Tensor]:
+    """{conv path + '.weight' / '.bias': tensor} after the rewrites, differentiable in the model's
+    parameters."""
+    own = dict(model.named_parameters())
     convs = {}
     for path, rewrite in steps:
         convs[path] = rewrite(*convs.get(path, (own[f"{path}.weight"], own[f"{path}.bias"])))
@@ -200,6 +200,26 @@ def _set_conv(model, path: str, weight: torch.Tensor, bias: torch.Tensor):
         setattr(owner, name, new)
 
 
+def _rewritten_model(model, steps, share_parameters: bool = False):
+    """A copy of model with the rewritten convs; with share_parameters, the copy shares every
+    parameter the rewrites leave alone."""
+    out = copy.deepcopy(model, memo={id(p): p for p in model.parameters()} if share_parameters else None)
+    with torch.no_grad():
+        rewritten = _rewritten_params(model, steps)
+    for path in dict(steps):
+        _set_conv(out, path, rewritten[f"{path}.weight"], rewritten[f"{path}.bias"])
+    return out
+
+
+def _checked_names(model, ranges: dict, upsampler: bool) -> dict[str, str]:
+    """direct_path_tensors(model, upsampler), each of them required in ranges."""
+    names = direct_path_tensors(model, upsampler)
+    missing = [n for n in names.values() if n not in ranges]
+    if missing:
+        raise ValueError(f"the QAT ranges have no {missing[0]}: not ranges of this model's graph")
+    return names
+
+
 def stagger_direct_path(model, ranges: dict[str, list[float]], copies: int = 2, upsampler: bool = False):
     """(model with the direct path carried `copies` times, ranges for its int8 graph, a description).
 
@@ -212,19 +232,11 @@ def stagger_direct_path(model, ranges: dict[str, list[float]], copies: int = 2, 
     The model is copied, not changed; with copies=1 it comes back as it is."""
     if not 1 <= copies <= MAX_COPIES:
         raise ValueError(f"copies must be 1 to {MAX_COPIES}, not {copies}")
-    names = direct_path_tensors(model, upsampler)
-    missing = [n for n in names.values() if n not in ranges]
-    if missing:
-        raise ValueError(f"the QAT ranges have no {missing[0]}: not ranges of this model's graph")
+    names = _checked_names(model, ranges, upsampler)
     if copies == 1:
         return model, dict(ranges), {"copies": 1}
     steps, new_ranges, about = _rewrites(model, ranges, names, copies, upsampler)
-    out = copy.deepcopy(model)
-    with torch.no_grad():
-        rewritten = _rewritten_params(model, steps)
-    for path in dict(steps):
-        _set_conv(out, path, rewritten[f"{path}.weight"], rewritten[f"{path}.bias"])
-    return out, new_ranges, about
+    return _rewritten_model(model, steps), new_ranges, about
 
 
 class StaggeredSimulation(nn.Module):
@@ -246,18 +258,10 @@ class StaggeredSimulation(nn.Module):
         if not 2 <= copies <= MAX_COPIES:
             raise ValueError(f"copies must be 2 to {MAX_COPIES}, not {copies}")
         ranges = qat.ranges(scored)
-        names = direct_path_tensors(model, upsampler)
-        missing = [n for n in names.values() if n not in ranges]
-        if missing:
-            raise ValueError(f"the int8 ranges have no {missing[0]}: train from a QAT checkpoint")
+        names = _checked_names(model, ranges, upsampler)
         self.steps, new_ranges, self.about = _rewrites(model, ranges, names, copies, upsampler)
-        self.split = sorted(names.values())
-        # the copy shares every parameter the rewrites leave alone
-        staggered = copy.deepcopy(model, memo={id(p): p for p in model.parameters()})
-        with torch.no_grad():
-            rewritten = _rewritten_params(model, self.steps)
-        for path in dict(self.steps):
-            _set_conv(staggered, path, rewritten[f"{path}.weight"], rewritten[f"{path}.bias"])
+        self.split = self.about["tensors"]
+        staggered = _rewritten_model(model, self.steps, share_parameters=True)
         self.sim = qat.prepare(staggered).to(next(model.parameters()).device)
         qat.load_ranges(self.sim, new_ranges, frozen=True)
         self._share_ranges(scored, set(self.split))
