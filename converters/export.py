@@ -104,16 +104,30 @@ class RequantizedConcat(torch.nn.Module):
     PReLU (DecomposedPReLU), which un-fuses that ReLU into a standalone int8 RELU with no
     XNNPACK kernel; measured, that made the int8 model slower than fp32. The identity conv
     costs C*C multiply-adds per pixel (about 5% of DRSAN-32s's) and XNNPACK runs it in int8.
+
+    With shifts (a staggered concatenation, core/stagger.py), the identity conv writes each input
+    once per shift, the shift in its bias, in core.model.Concat's order.
     """
 
+    def __init__(self, shifts: tuple[float, ...] = ()):
+        super().__init__()
+        self.shifts = tuple(shifts)
+
     def forward(self, feats):
-        return torch.cat([F.conv2d(f, torch.eye(f.shape[1], dtype=f.dtype, device=f.device)[:, :, None, None])
-                          for f in feats], dim=1)
+        return torch.cat([self._requantized(f) for f in feats], dim=1)
+
+    def _requantized(self, f):
+        c, copies = f.shape[1], max(len(self.shifts), 1)
+        eye = torch.eye(c, dtype=f.dtype, device=f.device)[:, :, None, None]
+        if not self.shifts:
+            return F.conv2d(f, eye)
+        bias = torch.tensor(self.shifts, dtype=f.dtype, device=f.device).repeat_interleave(c)
+        return F.conv2d(f, eye.repeat(copies, 1, 1, 1), bias)
 
 
 def _requantize_concatenations(model: DRSAN):
     for drag in model.body:
-        drag.concat = RequantizedConcat()
+        drag.concat = RequantizedConcat(drag.concat.shifts)
 
 
 def deploy_model(model: DRSAN, decompose_prelu: bool = False, prelu_form: str = "sub") -> DRSAN:

@@ -21,7 +21,8 @@ reference and the manifest's model still come from --weights (the float model).
 each copy shifted by 1/K of an int8 step, for log2(K) more bits where half of the int8 error
 sits (core/stagger.py); the same float function, a little more arithmetic; named
 *_int8_qat_staggerK.tflite. With --stagger-upsampler the upsampler's last conv output is
-carried K times too (*_int8_qat_staggerKu.tflite).
+carried K times too (*_int8_qat_staggerKu.tflite); with --stagger-concat each DRAG's
+concatenation, the input of its 1x1 fuse conv, is too ("c" added to the name).
 In the integer modes PReLU is exported as relu(x) + depthwise1x1(x - relu(x), a)
 (--prelu sub, the default) or depthwise1x1(x, a) + depthwise1x1(relu(x), 1 - a) (--prelu affine):
 the same function, with per-channel slopes, from ops XNNPACK runs in int8.
@@ -92,6 +93,10 @@ def main(argv=None):
                     help="with --stagger K: carry the upsampler's last conv output K times as well, and average "
                          "the copies in the output conv; at x2 +33%% multiply-adds in all against +13%% without "
                          "(written as *_int8_qat_staggerKu.tflite)")
+    ap.add_argument("--stagger-concat", action="store_true",
+                    help="with --stagger K: carry each DRAG's concatenation K times as well (its requantizing "
+                         "identity convs write the shifted copies, its 1x1 fuse conv averages them); about +10%% "
+                         "multiply-adds more (\"c\" added to the file name)")
     ap.add_argument("--threads", type=argtype(parse_threads), default=0,
                     help="interpreter threads for the check, 0 for every core this process may use (default 0)")
     ap.add_argument("--keep-saved-model", action="store_true", help="keep onnx2tf's SavedModel in --out")
@@ -103,22 +108,28 @@ def main(argv=None):
         ap.error(f"--stagger must be 1 to {MAX_COPIES}")
     if args.stagger != 1 and not args.qat:
         ap.error("--stagger needs --qat CKPT: the copies' shifts follow from the checkpoint's learned int8 ranges")
-    if args.stagger_upsampler and args.stagger == 1:
-        ap.error("--stagger-upsampler needs --stagger K (2 or more copies)")
+    for flag, on in (("--stagger-upsampler", args.stagger_upsampler), ("--stagger-concat", args.stagger_concat)):
+        if on and args.stagger == 1:
+            ap.error(f"{flag} needs --stagger K (2 or more copies)")
     model, blob, weights = common.load_reference(args)
     qat_model, qat_ranges_, qat_about = load_qat(args.qat, args) if args.qat else (None, None, None)
     trained_for = (qat_about or {}).get("trained_stagger")
-    if trained_for and (trained_for.get("copies"), bool(trained_for.get("upsampler"))) != (
-            args.stagger, args.stagger_upsampler):
+    if trained_for and (trained_for.get("copies"), bool(trained_for.get("upsampler")),
+                        bool(trained_for.get("concatenations"))) != (
+            args.stagger, args.stagger_upsampler, args.stagger_concat):
         # the weights fit the graph they were fine-tuned through best; another one still converts
-        print(f"note: {args.qat} was fine-tuned for --stagger {trained_for.get('copies')}"
-              f"{' --stagger-upsampler' if trained_for.get('upsampler') else ''}; converting with "
-              f"--stagger {args.stagger}{' --stagger-upsampler' if args.stagger_upsampler else ''}")
+        def flags(copies, upsampler, concat):
+            return f"--stagger {copies}" + (" --stagger-upsampler" if upsampler else "") + (
+                " --stagger-concat" if concat else "")
+        print(f"note: {args.qat} was fine-tuned for "
+              f"{flags(trained_for.get('copies'), trained_for.get('upsampler'), trained_for.get('concatenations'))}"
+              f"; converting with {flags(args.stagger, args.stagger_upsampler, args.stagger_concat)}")
     stagger = None
     if args.stagger != 1:
         try:
             qat_model, qat_ranges_, stagger = stagger_direct_path(qat_model, qat_ranges_, args.stagger,
-                                                                     upsampler=args.stagger_upsampler)
+                                                                     upsampler=args.stagger_upsampler,
+                                                                     concatenations=args.stagger_concat)
         except ValueError as exc:
             raise common.ConversionError(f"{args.qat}: {exc}") from None
     calib_images, calib_desc = common.sample_images(args.calib)
@@ -191,7 +202,7 @@ def main(argv=None):
                 raise
             except Exception as exc:   # TensorFlow raises many kinds; one line is enough for the user
                 raise common.ConversionError(f"TFLite {mode} conversion failed: {str(exc).splitlines()[0][:300]}")
-            tag = stagger_tag(args.stagger, args.stagger_upsampler) if stagger else ""
+            tag = stagger_tag(args.stagger, args.stagger_upsampler, args.stagger_concat) if stagger else ""
             suffix = ("_qat" + (f"_{tag}" if tag else "")) if qat_summary else ""
             staged = tmp / f"{stem}_{mode}{suffix}.tflite"
             staged.write_bytes(blob_bytes)

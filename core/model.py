@@ -36,10 +36,20 @@ class ResidualBlock(nn.Module):
 class Concat(nn.Module):
     """Channel concatenation, a module of its own so that an export can replace it (the int8
     export puts each input on the concatenation's grid through a requantizing op, see
-    converters/export.py) without touching DRAG's forward."""
+    converters/export.py) without touching DRAG's forward.
+
+    shifts (empty for the model as trained): each input carried once per shift, shifted by it, in
+    the order input 0 + shifts[0], input 0 + shifts[1], ..., input 1 + shifts[0], ...: the
+    staggered copies of core/stagger.py, whose fuse conv averages them."""
+
+    def __init__(self, shifts: tuple[float, ...] = ()):
+        super().__init__()
+        self.shifts = tuple(float(s) for s in shifts)
 
     def forward(self, feats):
-        return torch.cat(feats, dim=1)
+        if not self.shifts:
+            return torch.cat(feats, dim=1)
+        return torch.cat([f + s for f in feats for s in self.shifts], dim=1)
 
 
 class DRAG(nn.Module):

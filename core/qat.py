@@ -182,15 +182,20 @@ class ImageQuant(ActQuant):
 class TiedQuant(nn.Module):
     """A requantization to another tensor's int8 range: TFLite's CONCATENATION stores every
     input on its output's grid, so each input is rounded again to that range on its way in.
-    Until the owner has seen data (the first batch) the tensor passes through in float."""
+    Until the owner has seen data (the first batch) the tensor passes through in float.
+    With shifts (a staggered concatenation, core/stagger.py) the input is written once per
+    shift, shifted before it is rounded, as the export's identity conv does it with a bias."""
 
-    def __init__(self, owner: ActQuant):
+    def __init__(self, owner: ActQuant, shifts: tuple[float, ...] = ()):
         super().__init__()
         self.__dict__["owner"] = owner   # not a submodule: the owner's buffers are saved once
+        self.shifts = tuple(shifts)
         self.mode = "quantize"
         self.record = None
 
     def forward(self, x):
+        if self.shifts:
+            x = torch.cat([x + s for s in self.shifts], dim=1)
         if self.mode == "record":
             self.record = _widened(self.record, x)
             return x
@@ -284,12 +289,30 @@ def _output_kind(node: torch.fx.Node, modules: dict) -> str | None:
     return None
 
 
+class _Tracer(torch.fx.Tracer):
+    """torch.fx's tracer, but a concatenation (core.model.Concat) is traced as one torch.cat of its
+    inputs whatever its shifts: a staggered concatenation's shifts belong to the requantization of
+    its inputs (TiedQuant), before they are rounded, and the graph keeps the plain model's node
+    names, which the ranges are saved under."""
+
+    def call_module(self, m, forward, args, kwargs):
+        from .model import Concat
+
+        if isinstance(m, Concat):
+            out = torch.cat(args[0], dim=1)
+            out.node.meta["concat_shifts"] = m.shifts
+            return out
+        return super().call_module(m, forward, args, kwargs)
+
+
 def prepare(model) -> torch.fx.GraphModule:
     """The int8 simulation of `model` (a DRSAN), sharing its parameters; output clamped to [0, 1]."""
     clamp = model.clamp
     model.clamp = True   # the deployed graph's relu + min(., 1), traced in
     try:
-        gm = torch.fx.symbolic_trace(model, concrete_args={"coeffs": None})
+        tracer = _Tracer()
+        graph = tracer.trace(model, concrete_args={"coeffs": None})
+        gm = torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
     finally:
         model.clamp = clamp
     modules = dict(gm.named_modules())
@@ -331,7 +354,7 @@ def _tie_concatenation_inputs(gm: torch.fx.GraphModule):
         for j, src in enumerate(node.args[0]):
             if src.op == "call_module" and isinstance(modules[src.target], ActQuant):
                 name = f"{owner_name}_in{j}"
-                gm.add_submodule(name, TiedQuant(modules[owner_name]))
+                gm.add_submodule(name, TiedQuant(modules[owner_name], node.meta.get("concat_shifts", ())))
                 with gm.graph.inserting_before(node):
                     src = gm.graph.call_module(name, (src,))
             inputs.append(src)

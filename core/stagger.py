@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import qat
-from .model import pixel_shuffle_dcr
+from .model import Concat, pixel_shuffle_dcr
 
 MAX_COPIES = 4
 
@@ -63,6 +63,24 @@ def direct_path_tensors(model, upsampler: bool = False) -> dict[str, str]:
             raise ValueError("the upsampler's last conv output was not found in the traced graph")
         out["upsampler"] = ups[0].target
     return out
+
+
+def concatenation_tensors(model) -> dict[int, str]:
+    """{DRAG index: the simulated int8 tensor (core/qat.py name) of its concatenation, the input of
+    its 1x1 fuse conv}, by what the traced graph connects."""
+    sim = qat.prepare(model)
+    modules = dict(sim.named_modules())
+    found = {}
+    for node in sim.graph.nodes:
+        if node.op == "call_function" and node.target is torch.cat:
+            quant = next(iter(node.users))
+            fuse = [u.target for u in quant.users if u.op == "call_module"]
+            for i in range(len(model.body)):
+                if fuse == [f"q_body_{i}_fuse"] and isinstance(modules[quant.target], qat.ActQuant):
+                    found[i] = quant.target
+    if sorted(found) != list(range(len(model.body))):
+        raise ValueError("a DRAG's concatenation was not found in the traced graph")
+    return found
 
 
 def _step(lo: float, hi: float) -> float:
@@ -120,6 +138,16 @@ def _averaged_inputs(copies: int):
     return rewrite
 
 
+def _averaged_chunks(copies: int, chunk: int):
+    """(weight, bias) -> a conv's reading each `chunk` channels of its input as `copies` copies one
+    after another (core.model.Concat's order with shifts) and averaging them."""
+    def rewrite(w, b):
+        out, inputs = w.shape[:2]
+        parts = w.reshape(out, inputs // chunk, 1, chunk, *w.shape[2:]) / copies
+        return parts.expand(-1, -1, copies, *parts.shape[3:]).reshape(out, inputs * copies, *w.shape[2:]), b
+    return rewrite
+
+
 def _shuffle_labels(upsampler, channels: int) -> torch.Tensor:
     """(channels / s^2, s, s): which conv output channel the upsampler's last depth-to-space puts
     at each output channel and sub-pixel (its own order, crd or dcr)."""
@@ -147,10 +175,12 @@ def _copied_before_shuffle(upsampler, channels: int, copies: int, half_spread: f
     return rewrite
 
 
-def _rewrites(model, ranges: dict, names: dict, copies: int, upsampler: bool):
+def _rewrites(model, ranges: dict, names: dict, copies: int, upsampler: bool, concats: dict | None = None):
     """([(conv path, rewrite of its (weight, bias)), ...] in the order they apply, the ranges of the
     rewritten int8 graph, a description). A path may be rewritten twice (x2: the upsampler's only
-    conv reads the tail's copies and writes its own)."""
+    conv reads the tail's copies and writes its own). concats: {DRAG index: its concatenation's
+    tensor name}, every DRAG, to carry `copies` times as well; their shifts go in the description
+    ("concat_shifts", in DRAG order) for the model's Concat modules."""
     d_k, d_t, miss = _shifts(ranges, names, copies)
     steps = [("skip_head", _copied_outputs(copies, d_k)), ("tail", _copied_outputs(copies, d_t)),
              ("upsampler.convs.0", _averaged_inputs(copies))]
@@ -172,6 +202,18 @@ def _rewrites(model, ranges: dict, names: dict, copies: int, upsampler: bool):
         about["tensors"] = sorted(split + [names["upsampler"]])
         about["upsampler"] = True
         about["shifts"]["upsampler"] = round(d_u, 6)
+    if concats:
+        about["concat_shifts"] = []
+        for i, name in sorted(concats.items()):
+            d_c = _spread(ranges[name], copies)
+            widened = _with_shift(ranges[name], d_c)
+            for tensor in [name] + [t for t in ranges if t.startswith(f"{name}_in")]:
+                new_ranges[tensor] = widened
+            steps.append((f"body.{i}.fuse", _averaged_chunks(copies, model.body[i].fuse.in_channels
+                                                             // (model.body[i].n_blocks + 1))))
+            about["concat_shifts"].append([float(v) for v in torch.linspace(-d_c, d_c, copies)])
+        about["concatenations"] = sorted(concats.values())
+        about["shifts"]["concatenations"] = {concats[i]: round(v[-1], 6) for i, v in enumerate(about["concat_shifts"])}
     return steps, new_ranges, about
 
 
@@ -200,14 +242,16 @@ def _set_conv(model, path: str, weight: torch.Tensor, bias: torch.Tensor):
         setattr(owner, name, new)
 
 
-def _rewritten_model(model, steps, share_parameters: bool = False):
-    """A copy of model with the rewritten convs; with share_parameters, the copy shares every
-    parameter the rewrites leave alone."""
+def _rewritten_model(model, steps, share_parameters: bool = False, concat_shifts: list | None = None):
+    """A copy of model with the rewritten convs (and staggered concatenations: each DRAG's shifts,
+    in order); with share_parameters, the copy shares every parameter the rewrites leave alone."""
     out = copy.deepcopy(model, memo={id(p): p for p in model.parameters()} if share_parameters else None)
     with torch.no_grad():
         rewritten = _rewritten_params(model, steps)
     for path in dict(steps):
         _set_conv(out, path, rewritten[f"{path}.weight"], rewritten[f"{path}.bias"])
+    for i, shifts in enumerate(concat_shifts or []):
+        out.body[i].concat = Concat(shifts)
     return out
 
 
@@ -220,7 +264,17 @@ def _checked_names(model, ranges: dict, upsampler: bool) -> dict[str, str]:
     return names
 
 
-def stagger_direct_path(model, ranges: dict[str, list[float]], copies: int = 2, upsampler: bool = False):
+def _checked_concatenations(model, ranges: dict) -> dict[int, str]:
+    """concatenation_tensors(model), each of them required in ranges."""
+    names = concatenation_tensors(model)
+    missing = [n for n in names.values() if n not in ranges]
+    if missing:
+        raise ValueError(f"the QAT ranges have no {missing[0]}: not ranges of this model's graph")
+    return names
+
+
+def stagger_direct_path(model, ranges: dict[str, list[float]], copies: int = 2, upsampler: bool = False,
+                        concatenations: bool = False):
     """(model with the direct path carried `copies` times, ranges for its int8 graph, a description).
 
     model: a DRSAN with a skip head (equalized); ranges: its QAT ranges (core/qat.py names), which
@@ -229,14 +283,18 @@ def stagger_direct_path(model, ranges: dict[str, list[float]], copies: int = 2, 
     `copies` times as well and the output conv averages them. That conv is the widest of the graph:
     with two copies the model has +33% multiply-adds at x2 (+13% without the upsampler's copies),
     +63% at x3 (+22%), +39% at x4 (+9%).
+    With concatenations=True each DRAG's concatenation (the input of its 1x1 fuse conv) is carried
+    `copies` times too: the export's requantizing identity convs write the shifted copies (their
+    shifts in their biases) and the fuse conv averages them (core.model.Concat with shifts).
     The model is copied, not changed; with copies=1 it comes back as it is."""
     if not 1 <= copies <= MAX_COPIES:
         raise ValueError(f"copies must be 1 to {MAX_COPIES}, not {copies}")
     names = _checked_names(model, ranges, upsampler)
     if copies == 1:
         return model, dict(ranges), {"copies": 1}
-    steps, new_ranges, about = _rewrites(model, ranges, names, copies, upsampler)
-    return _rewritten_model(model, steps), new_ranges, about
+    concats = _checked_concatenations(model, ranges) if concatenations else None
+    steps, new_ranges, about = _rewrites(model, ranges, names, copies, upsampler, concats)
+    return _rewritten_model(model, steps, concat_shifts=about.get("concat_shifts")), new_ranges, about
 
 
 class StaggeredSimulation(nn.Module):
@@ -251,17 +309,20 @@ class StaggeredSimulation(nn.Module):
     the graph that was trained.
 
     model: the DRSAN being trained; scored: its int8 simulation (core/qat.prepare) with the ranges
-    loaded."""
+    loaded; concatenations: each DRAG's concatenation carried `copies` times too (their ranges held
+    as well)."""
 
-    def __init__(self, model, scored, copies: int, upsampler: bool = False):
+    def __init__(self, model, scored, copies: int, upsampler: bool = False, concatenations: bool = False):
         super().__init__()
         if not 2 <= copies <= MAX_COPIES:
             raise ValueError(f"copies must be 2 to {MAX_COPIES}, not {copies}")
         ranges = qat.ranges(scored)
         names = _checked_names(model, ranges, upsampler)
-        self.steps, new_ranges, self.about = _rewrites(model, ranges, names, copies, upsampler)
-        self.split = self.about["tensors"]
-        staggered = _rewritten_model(model, self.steps, share_parameters=True)
+        concats = _checked_concatenations(model, ranges) if concatenations else None
+        self.steps, new_ranges, self.about = _rewrites(model, ranges, names, copies, upsampler, concats)
+        self.split = self.about["tensors"] + self.about.get("concatenations", [])
+        staggered = _rewritten_model(model, self.steps, share_parameters=True,
+                                     concat_shifts=self.about.get("concat_shifts"))
         self.sim = qat.prepare(staggered).to(next(model.parameters()).device)
         qat.load_ranges(self.sim, new_ranges, frozen=True)
         self._share_ranges(scored, set(self.split))
@@ -275,7 +336,7 @@ class StaggeredSimulation(nn.Module):
                 parent, _, leaf = name.rpartition(".")
                 setattr(self.sim.get_submodule(parent) if parent else self.sim, leaf, own[name])
         for name, m in self.sim.named_modules():
-            if isinstance(m, qat.TiedQuant):
+            if isinstance(m, qat.TiedQuant) and name.rsplit("_in", 1)[0] not in split:
                 m.__dict__["owner"] = scored.get_submodule(name).owner
 
     def forward(self, x):

@@ -397,6 +397,9 @@ def parse_args(argv=None):
     ap.add_argument("--stagger-upsampler", action="store_true",
                     help="with --stagger K: the graph of --stagger K --stagger-upsampler (the upsampler's last conv "
                          "output carried K times as well)")
+    ap.add_argument("--stagger-concat", action="store_true",
+                    help="with --stagger K: the graph of converters/to_tflite.py --stagger-concat as well (each "
+                         "DRAG's concatenation carried K times; their ranges are held too)")
     ap.add_argument("--train-params", choices=["all", "bias"], default="all",
                     help="which parameters training moves: all (default), or bias: the biases and PReLU slopes "
                          "only, every convolution weight held (with --qat: corrects the mean shift of the int8 "
@@ -436,10 +439,12 @@ def main(argv=None):
         raise SystemExit(f"error: {exc}") from None
 
 
-def hold_staggered_ranges(model, scored, upsampler: bool) -> list[str]:
+def hold_staggered_ranges(model, scored, upsampler: bool, concatenations: bool = False) -> list[str]:
     """Freeze the ranges of the tensors --stagger copies (core/stagger.py names them); returns their names."""
     try:
         held = sorted(stagger.direct_path_tensors(model, upsampler=upsampler).values())
+        if concatenations:
+            held = sorted(held + list(stagger.concatenation_tensors(model).values()))
     except ValueError as exc:
         raise TrainingError(f"--stagger / --qat-hold-staggered: {exc}") from None
     # freezing stops their learning (no gradient reaches them) and keeps their carried range exactly
@@ -460,8 +465,9 @@ def train(args, argv=None):
         raise TrainingError("--qat-hold-staggered needs --qat --qat-ranges learned")
     if args.stagger != 1 and not (args.qat and 2 <= args.stagger <= stagger.MAX_COPIES):
         raise TrainingError(f"--stagger needs --qat and 2 to {stagger.MAX_COPIES} copies")
-    if args.stagger_upsampler and args.stagger == 1:
-        raise TrainingError("--stagger-upsampler needs --stagger K (2 or more copies)")
+    for flag, on in (("--stagger-upsampler", args.stagger_upsampler), ("--stagger-concat", args.stagger_concat)):
+        if on and args.stagger == 1:
+            raise TrainingError(f"{flag} needs --stagger K (2 or more copies)")
     if args.stagger != 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise TrainingError("--stagger trains on one device (not under torchrun)")
     if args.distill_weighting != "uniform" and not (args.teacher and args.loss == "l2"):
@@ -550,14 +556,17 @@ def train(args, argv=None):
             except ValueError as exc:
                 raise TrainingError(f"--qat-ranges learned: {exc}") from None
         if args.qat_hold_staggered or args.stagger != 1:
-            held_ranges = hold_staggered_ranges(model, scored, args.qat_hold_staggered or args.stagger_upsampler)
+            held_ranges = hold_staggered_ranges(model, scored, args.qat_hold_staggered or args.stagger_upsampler,
+                                                args.stagger_concat)
         if args.stagger != 1:
             try:
-                trained = stagger.StaggeredSimulation(model, scored, args.stagger, args.stagger_upsampler)
+                trained = stagger.StaggeredSimulation(model, scored, args.stagger, args.stagger_upsampler,
+                                                      args.stagger_concat)
             except ValueError as exc:
                 raise TrainingError(f"--stagger: {exc}") from None
             log(f"training through the int8 simulation of the --stagger {args.stagger}"
-                f"{' --stagger-upsampler' if args.stagger_upsampler else ''} graph")
+                f"{' --stagger-upsampler' if args.stagger_upsampler else ''}"
+                f"{' --stagger-concat' if args.stagger_concat else ''} graph")
         net = torch.nn.parallel.DistributedDataParallel(scored) if ddp else trained
         args.amp = "off"   # rounding to int8 steps needs fp32 arithmetic
     if resume.is_file():
@@ -615,11 +624,13 @@ def train(args, argv=None):
                                 and carried_mode else args.qat_ranges),
                 "range_lr": args.qat_range_lr if args.qat_ranges == "learned" else None,
                 "ranges_held": held_ranges,
-                "stagger": ({"copies": args.stagger, "upsampler": args.stagger_upsampler} if args.stagger != 1
+                "stagger": ({"copies": args.stagger, "upsampler": args.stagger_upsampler,
+                             **({"concatenations": True} if args.stagger_concat else {})} if args.stagger != 1
                             else None),
                 "graph": "int8 TFLite, PReLU spelled sub, concatenation inputs requantized",
-                "validation": "int8 simulation" + (f" of the --stagger {args.stagger} graph" if args.stagger != 1
-                                                   else "")}
+                "validation": "int8 simulation" + (
+                    f" of the --stagger {args.stagger}{' --stagger-upsampler' if args.stagger_upsampler else ''}"
+                    f"{' --stagger-concat' if args.stagger_concat else ''} graph" if args.stagger != 1 else "")}
 
     def save_all():
         if rank != 0:

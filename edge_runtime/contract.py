@@ -179,10 +179,13 @@ TOLERANCES = {
 PTQ, QAT = "ptq", "qat"
 
 
-def stagger_tag(copies: int, upsampler: bool = False) -> str:
+def stagger_tag(copies: int, upsampler: bool = False, concatenations: bool = False) -> str:
     """How a staggered int8 QAT file is named and labelled: "" without copies, "staggerK" with K
-    copies of the direct path, "staggerKu" with the upsampler's output carried K times too."""
-    return f"stagger{copies}" + ("u" if upsampler else "") if copies > 1 else ""
+    copies of the direct path, "u" added with the upsampler's output carried K times too, "c"
+    with each DRAG's concatenation."""
+    if copies <= 1:
+        return ""
+    return f"stagger{copies}" + ("u" if upsampler else "") + ("c" if concatenations else "")
 
 
 @dataclass(frozen=True)
@@ -380,9 +383,11 @@ class ArtifactEntry:
     @property
     def stagger_tag(self) -> str:
         """"" for a file without staggered copies, "staggerK" with K copies of the direct path,
-        "staggerKu" when the upsampler's output is carried K times too (the names to_tflite.py gives)."""
+        "staggerKu" when the upsampler's output is carried K times too, "c" added when each DRAG's
+        concatenation is (the names to_tflite.py gives)."""
         about = self.extra.get("stagger")
-        return stagger_tag(self.stagger, isinstance(about, dict) and about.get("upsampler") is True)
+        about = about if isinstance(about, dict) else {}
+        return stagger_tag(self.stagger, about.get("upsampler") is True, bool(about.get("concatenations")))
 
     @classmethod
     def from_dict(cls, d: dict) -> "ArtifactEntry":

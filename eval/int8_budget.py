@@ -66,6 +66,9 @@ def parse_args(argv=None):
     ap.add_argument("--stagger-upsampler", action="store_true",
                     help="with --stagger K: carry the upsampler's last conv output K times as well "
                          "(converters/to_tflite.py --stagger-upsampler builds it)")
+    ap.add_argument("--stagger-concat", action="store_true",
+                    help="with --stagger K: carry each DRAG's concatenation (its 1x1 fuse conv's input) K times as "
+                         "well (converters/to_tflite.py --stagger-concat builds it)")
     ap.add_argument("--top", type=int, default=15, help="tensors listed one by one (default 15)")
     ap.add_argument("--threads", type=argtype(parse_threads), default=0,
                     help="CPU threads for torch and the --artifact interpreter; 0 (the default): torch's own default, "
@@ -74,7 +77,11 @@ def parse_args(argv=None):
     ap.add_argument("--json", type=Path, default=None,
                     help="write the rows and tensors here too, unrounded (JSON), for comparisons finer than "
                          "the report's 0.001 dB")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    for flag, on in (("--stagger-upsampler", args.stagger_upsampler), ("--stagger-concat", args.stagger_concat)):
+        if on and args.stagger == 1:   # before any image is read
+            ap.error(f"{flag} needs --stagger K (2 or more copies)")
+    return args
 
 
 def held_out_pairs(args):
@@ -116,14 +123,13 @@ def simulation(args, inputs):
 
     model, blob = load_checkpoint(resolve_weights(args.weights, args.variant, args.scale), args.variant, args.scale)
     saved = blob.get("meta", {}).get("qat", {}).get("ranges")
-    if args.stagger_upsampler and args.stagger == 1:
-        raise EvalError("--stagger-upsampler needs --stagger K (2 or more copies)")
     if args.stagger != 1:
         if not saved:
             raise EvalError("--stagger needs a quantization-aware checkpoint (--weights from core/train.py --qat)")
         from ..core.stagger import stagger_direct_path
         try:
-            model, saved, _ = stagger_direct_path(model, saved, args.stagger, upsampler=args.stagger_upsampler)
+            model, saved, _ = stagger_direct_path(model, saved, args.stagger, upsampler=args.stagger_upsampler,
+                                                concatenations=args.stagger_concat)
         except ValueError as exc:
             raise EvalError(str(exc)) from None
     sim = qat.prepare(model)
@@ -291,6 +297,7 @@ def report(args, source, n_crops, rows, alone, roles, prov) -> str:
              f"Weights: {args.weights or 'shipped float'}; ranges {source}"
              + (f"; the direct path carried {args.stagger} times, staggered (--stagger {args.stagger})" if args.stagger != 1 else "")
              + (", the upsampler's output too (--stagger-upsampler)" if args.stagger != 1 and args.stagger_upsampler else "")
+             + (", each DRAG's concatenation too (--stagger-concat)" if args.stagger != 1 and args.stagger_concat else "")
              + f". {n_crops} {what} "
              f"from `{provenance.relative(args.data)}` (--val-split {args.val_split}).",
              "Error: mean squared difference from the same weights in float, in 8-bit levels squared. "

@@ -8,7 +8,7 @@ import torch
 from conftest import CONVERT_TILE, SHIPPED_X4, run_tool
 from drsan_kit.core import qat
 from drsan_kit.core.checkpoint import load_checkpoint
-from drsan_kit.core.stagger import direct_path_tensors, stagger_direct_path
+from drsan_kit.core.stagger import concatenation_tensors, direct_path_tensors, stagger_direct_path
 from drsan_kit.eval.int8_budget import rounded_parts
 
 
@@ -204,26 +204,30 @@ def test_manifest_stagger_tag():
     assert ArtifactEntry.from_dict(base | {"stagger": {"copies": 2}}).stagger_tag == "stagger2"
     assert ArtifactEntry.from_dict(base | {"stagger": {"copies": 2, "upsampler": True}}).stagger_tag == "stagger2u"
     assert ArtifactEntry.from_dict(base | {"stagger": {"copies": 2, "upsampler": "yes"}}).stagger_tag == "stagger2"
+    both = {"copies": 2, "upsampler": True, "concatenations": ["aq_063_cat"]}
+    assert ArtifactEntry.from_dict(base | {"stagger": both}).stagger_tag == "stagger2uc"
 
 
-@pytest.mark.parametrize("upsampler", [False, True])
-def test_staggered_simulation_computes_the_rewritten_graph_and_trains_the_plain_model(x4_qat, upsampler):
+@pytest.mark.parametrize("upsampler,concat", [(False, False), (True, False), (True, True)])
+def test_staggered_simulation_computes_the_rewritten_graph_and_trains_the_plain_model(x4_qat, upsampler, concat):
     """core/train.py --stagger trains through StaggeredSimulation: it must compute exactly what the int8
     simulation of stagger_direct_path's rewrite computes, and send its gradients to the unstaggered
     model's own parameters and the shared ranges, never to the held ranges of the copied tensors."""
     from drsan_kit.core.stagger import StaggeredSimulation
 
     model, ranges = x4_qat
-    staggered, new_ranges, about = stagger_direct_path(model, ranges, 2, upsampler=upsampler)
+    staggered, new_ranges, about = stagger_direct_path(model, ranges, 2, upsampler=upsampler, concatenations=concat)
     want_sim = qat.prepare(staggered)
     qat.load_ranges(want_sim, new_ranges)
     scored = qat.prepare(model)
     qat.load_ranges(scored, ranges, frozen=False)
     qat.learn_ranges(scored)
-    for name in direct_path_tensors(model, upsampler=upsampler).values():
+    held = list(direct_path_tensors(model, upsampler=upsampler).values())
+    held += list(concatenation_tensors(model).values()) if concat else []
+    for name in held:
         qat.act_quants(scored)[name].freeze()
-    sim = StaggeredSimulation(model, scored, 2, upsampler=upsampler)
-    assert sim.about == about
+    sim = StaggeredSimulation(model, scored, 2, upsampler=upsampler, concatenations=concat)
+    assert sim.about == about and sorted(sim.split) == sorted(held)
     x = _images(seed=5)
     with torch.no_grad():
         assert torch.equal(sim.eval()(x), want_sim.eval()(x))
@@ -255,17 +259,67 @@ def test_converter_reads_the_graph_a_checkpoint_was_trained_for(tmp_path):
         assert load_qat(str(path), args)[2].get("trained_stagger") == want
 
 
-def test_x2_candidate_was_trained_for_the_graph_it_is_kept_for():
-    """weights/candidates/drsan_32s_x2_qat_stagger2u.pt (weights/README.md): fine-tuned through the
-    --stagger 2 --stagger-upsampler graph, its copied tensors' ranges those it started from, so the
-    converter's rewrite of it is the graph that was trained."""
-    from conftest import REPO, SHIPPED_X2_QAT
+def test_x2_qat_checkpoint_was_trained_for_the_graph_it_ships_in():
+    """weights/drsan_32s_x2_qat.pt was fine-tuned through the --stagger 2 --stagger-upsampler
+    --stagger-concat graph with the copied tensors' ranges held, so the converter's rewrite of it
+    with those flags is the graph that was trained."""
+    from conftest import SHIPPED_X2_QAT
     from drsan_kit.core.checkpoint import read_checkpoint
 
-    candidate = read_checkpoint(REPO / "weights" / "candidates" / "drsan_32s_x2_qat_stagger2u.pt")
-    shipped = read_checkpoint(SHIPPED_X2_QAT)["meta"]["qat"]["ranges"]
-    meta = candidate["meta"]["qat"]
-    assert meta["stagger"] == {"copies": 2, "upsampler": True}
-    assert meta["ranges_held"] and all(meta["ranges"][n] == shipped[n] for n in meta["ranges_held"])
-    model, _ = load_checkpoint(REPO / "weights" / "candidates" / "drsan_32s_x2_qat_stagger2u.pt")
-    assert stagger_direct_path(model, meta["ranges"], 2, upsampler=True)[2]["tensors"] == meta["ranges_held"]
+    meta = read_checkpoint(SHIPPED_X2_QAT)["meta"]["qat"]
+    assert meta["stagger"] == {"copies": 2, "upsampler": True, "concatenations": True}
+    model, _ = load_checkpoint(SHIPPED_X2_QAT)
+    about = stagger_direct_path(model, meta["ranges"], 2, upsampler=True, concatenations=True)[2]
+    assert sorted(about["tensors"] + about["concatenations"]) == meta["ranges_held"]
+
+def test_concatenation_copies_keep_the_float_function_through_the_export(x4_qat):
+    """--stagger-concat: each DRAG's concatenation carried twice, shifted, the fuse conv averaging the
+    copies; the same float function in the model and in the graph the converters export."""
+    from drsan_kit.converters.export import deploy_model
+
+    model, ranges = x4_qat
+    staggered, new_ranges, about = stagger_direct_path(model, ranges, 2, concatenations=True)
+    concat = concatenation_tensors(model)
+    assert sorted(concat) == list(range(len(model.body))) and set(about["concatenations"]) == set(concat.values())
+    assert staggered.body[0].fuse.in_channels == 2 * model.body[0].fuse.in_channels
+    assert all(s[0] == -s[1] and s[1] > 0 for s in about["concat_shifts"])
+    x = _images()
+    with torch.no_grad():
+        want = model(x).clamp(0, 1)
+        assert torch.allclose(staggered(x).clamp(0, 1), want, atol=1e-5)
+        assert torch.allclose(deploy_model(staggered, decompose_prelu=True)(x), want, atol=1e-5)
+    # the concatenations (and their requantized inputs, which share their range) widen, and the direct path
+    changed = {n for n in ranges if new_ranges[n] != ranges[n]}
+    tied = {n for n in ranges if "_in" in n and n.rsplit("_in", 1)[0] in concat.values()}
+    assert changed == set(direct_path_tensors(model).values()) | set(concat.values()) | tied
+    assert len(tied) == sum(d.n_blocks + 1 for d in model.body)
+
+
+def test_concatenation_copies_round_it_on_a_finer_grid(x4_qat):
+    """With only the concatenations rounded, two staggered copies cut their error's power by about four."""
+    model, ranges = x4_qat
+    x = _images(seed=5)
+    with torch.no_grad():
+        want = model(x)
+    concat = set(concatenation_tensors(model).values())
+
+    def error(m, r):
+        sim = qat.prepare(m)
+        qat.load_ranges(sim, r)
+        for n, mod in rounded_parts(sim):
+            mod.mode = "quantize" if n in concat or n.rsplit("_in", 1)[0] in concat else "off"
+        with torch.no_grad():
+            return float(((sim.eval()(x) - want) ** 2).mean())
+
+    plain = error(model, ranges)
+    assert plain > 0
+    assert error(*stagger_direct_path(model, ranges, 2, concatenations=True)[:2]) < plain / 2.4
+
+
+def test_stagger_concat_needs_stagger(tmp_path):
+    for tool, extra in (("converters/to_tflite.py", ["--quant", "int8", "--out", tmp_path / "out"]),
+                        ("eval/int8_budget.py", ["--data", tmp_path, "--out", tmp_path / "out"])):
+        proc = run_tool(tool, "--variant", "32s", "--scale", "4", "--weights" if "eval" in tool else "--qat",
+                        SHIPPED_X4.with_name("drsan_32s_x4_qat.pt"), "--stagger-concat", *extra, check=False)
+        assert proc.returncode != 0 and "--stagger-concat needs --stagger" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()

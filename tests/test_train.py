@@ -380,9 +380,10 @@ def test_bias_only_training_holds_every_conv_weight_and_resumes_exactly(data, tm
 
 
 def test_staggered_qat_trains_and_validates_the_graph_that_converts(data, tmp_path):
-    """--stagger 2 --stagger-upsampler: the run resumes exactly, keeps the copied tensors' ranges as carried,
-    and the validation score it records is that of the staggered int8 graph built from the checkpoint it
-    writes (what converters/to_tflite.py --qat --stagger 2 --stagger-upsampler converts), not the plain one's."""
+    """--stagger 2 --stagger-upsampler --stagger-concat: the run resumes exactly, keeps the copied tensors'
+    ranges as carried, and the validation score it records is that of the staggered int8 graph built from
+    the checkpoint it writes (what converters/to_tflite.py --qat with the same flags converts), not the plain
+    one's."""
     from drsan_kit.core import qat
     from drsan_kit.core.holdout import holdout_pairs, split_holdout
     from drsan_kit.core.stagger import stagger_direct_path
@@ -391,14 +392,15 @@ def test_staggered_qat_trains_and_validates_the_graph_that_converts(data, tmp_pa
     start = SHIPPED_X2_QAT
     carried = read_checkpoint(start)["meta"]["qat"]["ranges"]
     kw = dict(init_from=start, qat=True, train_params="bias", loss="psnr", lr=1e-4, stagger=2,
-              stagger_upsampler=True, val_split=1, val_every=1,
+              stagger_upsampler=True, stagger_concat=True, val_split=1, val_every=1,
               memory_format="contiguous")   # the layout the score below uses: the same roundings, bit for bit
     a, b = straight_and_resumed(lambda out, iters, **k: _args(data, out, iters, **kw, **k), tmp_path)
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
     ckpt = read_checkpoint(tmp_path / "resumed" / "model.pt")
     qat_meta = ckpt["meta"]["qat"]
-    assert qat_meta["stagger"] == {"copies": 2, "upsampler": True}
-    assert qat_meta["ranges_held"] == ["aq_248_skip_head", "aq_249_tail", "aq_250_add_40", "aq_251_upsampler_convs_0"]
+    assert qat_meta["stagger"] == {"copies": 2, "upsampler": True, "concatenations": True}
+    assert qat_meta["ranges_held"] == ["aq_063_cat", "aq_124_cat_1", "aq_185_cat_2", "aq_246_cat_3",   # the DRAGs'
+                                       "aq_248_skip_head", "aq_249_tail", "aq_250_add_40", "aq_251_upsampler_convs_0"]
     # the copied tensors' ranges stay as carried; the others are tracked through the staggered graph
     assert all(qat_meta["ranges"][name] == carried[name] for name in qat_meta["ranges_held"])
     assert sum(qat_meta["ranges"][name] != carried[name] for name in carried) > 100
@@ -413,7 +415,8 @@ def test_staggered_qat_trains_and_validates_the_graph_that_converts(data, tmp_pa
         qat.load_ranges(sim, ranges)
         return validate(sim, pairs, 2, torch.device("cpu"))
 
-    staggered, staggered_ranges, _ = stagger_direct_path(model, qat_meta["ranges"], 2, upsampler=True)
+    staggered, staggered_ranges, _ = stagger_direct_path(model, qat_meta["ranges"], 2, upsampler=True,
+                                                         concatenations=True)
     recorded = ckpt["meta"]["validation"]["psnr_y"]
     assert recorded == pytest.approx(score(staggered, staggered_ranges), abs=1e-9)
     assert recorded != pytest.approx(score(model, qat_meta["ranges"]), abs=1e-6)
@@ -424,6 +427,8 @@ def test_stagger_training_needs_qat_ranges_and_its_flags_together(data, tmp_path
         train_main(_args(data, tmp_path / "a", 1, init_from=SHIPPED_X2_QAT, stagger=2))
     with pytest.raises(SystemExit, match="--stagger-upsampler needs --stagger K"):
         train_main(_args(data, tmp_path / "b", 1, init_from=SHIPPED_X2_QAT, qat=True, stagger_upsampler=True))
+    with pytest.raises(SystemExit, match="--stagger-concat needs --stagger K"):
+        train_main(_args(data, tmp_path / "b", 1, init_from=SHIPPED_X2_QAT, qat=True, stagger_concat=True))
     train_main(_args(data, tmp_path / "float", 1))
     with pytest.raises(SystemExit, match="--stagger: .*start from a QAT checkpoint"):
         train_main(_args(data, tmp_path / "c", 1, init_from=tmp_path / "float" / "model.pt", qat=True, stagger=2))
