@@ -251,8 +251,10 @@ def test_converter_reads_the_graph_a_checkpoint_was_trained_for(tmp_path):
 
     model, blob = load_checkpoint(SHIPPED_X2_QAT)
     args = argparse.Namespace(variant="32s", scale=2)
-    assert "trained_stagger" not in load_qat(str(SHIPPED_X2_QAT), args)[2]
-    for stagger, want in (({"copies": 2, "upsampler": True}, {"copies": 2, "upsampler": True}), ([2], None)):
+    both = {"copies": 2, "upsampler": True, "concatenations": True}
+    assert load_qat(str(SHIPPED_X2_QAT), args)[2]["trained_stagger"] == both
+    for stagger, want in ((both, both), ({"copies": 2, "upsampler": True}, {"copies": 2, "upsampler": True}),
+                          (None, None), ([2], None)):
         meta = blob["meta"] | {"qat": blob["meta"]["qat"] | {"stagger": stagger}}
         path = save_checkpoint(tmp_path / "trained.pt", model, meta)
         assert read_checkpoint(path)["meta"]["qat"]["stagger"] == stagger
