@@ -255,22 +255,22 @@ def _rewritten_model(model, steps, share_parameters: bool = False, concat_shifts
     return out
 
 
-def _checked_names(model, ranges: dict, upsampler: bool) -> dict[str, str]:
-    """direct_path_tensors(model, upsampler), each of them required in ranges."""
-    names = direct_path_tensors(model, upsampler)
+def _with_ranges(names: dict, ranges: dict) -> dict:
+    """names, each of its tensors required in ranges."""
     missing = [n for n in names.values() if n not in ranges]
     if missing:
         raise ValueError(f"the QAT ranges have no {missing[0]}: not ranges of this model's graph")
     return names
+
+
+def _checked_names(model, ranges: dict, upsampler: bool) -> dict[str, str]:
+    """direct_path_tensors(model, upsampler), each of them required in ranges."""
+    return _with_ranges(direct_path_tensors(model, upsampler), ranges)
 
 
 def _checked_concatenations(model, ranges: dict) -> dict[int, str]:
     """concatenation_tensors(model), each of them required in ranges."""
-    names = concatenation_tensors(model)
-    missing = [n for n in names.values() if n not in ranges]
-    if missing:
-        raise ValueError(f"the QAT ranges have no {missing[0]}: not ranges of this model's graph")
-    return names
+    return _with_ranges(concatenation_tensors(model), ranges)
 
 
 def stagger_direct_path(model, ranges: dict[str, list[float]], copies: int = 2, upsampler: bool = False,
