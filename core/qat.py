@@ -366,6 +366,12 @@ def act_quants(gm: nn.Module) -> dict[str, ActQuant]:
     return {name: m for name, m in gm.named_modules() if isinstance(m, ActQuant)}
 
 
+def tied_inputs(gm: nn.Module) -> dict[str, str]:
+    """{requantized concatenation input: the name of the concatenation whose range it rounds on}."""
+    names = {id(m): name for name, m in act_quants(gm).items()}
+    return {name: names[id(m.owner)] for name, m in gm.named_modules() if isinstance(m, TiedQuant)}
+
+
 def set_mode(gm: nn.Module, mode: str):
     """"quantize" (int8 weights and activations), "record" or "off" (float throughout; see ActQuant)."""
     for m in gm.modules():

@@ -32,11 +32,12 @@ from .model import Concat, pixel_shuffle_dcr
 MAX_COPIES = 4
 
 
-def direct_path_tensors(model, upsampler: bool = False) -> dict[str, str]:
+def direct_path_tensors(model, upsampler: bool = False, sim=None) -> dict[str, str]:
     """The simulated int8 tensors (core/qat.py names) that the copies split: the skip head conv's
     output, the tail conv's and their sum's, and with upsampler=True the upsampler's last conv
-    output, by what the traced graph connects."""
-    sim = qat.prepare(model)   # shares the model's parameters and leaves the model as it was
+    output, by what the traced graph connects. sim: model's qat.prepare, if already made."""
+    if sim is None:
+        sim = qat.prepare(model)   # shares the model's parameters and leaves the model as it was
     modules = dict(sim.named_modules())
 
     def quant_after(node):
@@ -65,10 +66,11 @@ def direct_path_tensors(model, upsampler: bool = False) -> dict[str, str]:
     return out
 
 
-def concatenation_tensors(model) -> dict[int, str]:
+def concatenation_tensors(model, sim=None) -> dict[int, str]:
     """{DRAG index: the simulated int8 tensor (core/qat.py name) of its concatenation, the input of
-    its 1x1 fuse conv}, by what the traced graph connects."""
-    sim = qat.prepare(model)
+    its 1x1 fuse conv}, by what the traced graph connects. sim: model's qat.prepare, if already made."""
+    if sim is None:
+        sim = qat.prepare(model)
     modules = dict(sim.named_modules())
     found = {}
     for node in sim.graph.nodes:
@@ -175,12 +177,14 @@ def _copied_before_shuffle(upsampler, channels: int, copies: int, half_spread: f
     return rewrite
 
 
-def _rewrites(model, ranges: dict, names: dict, copies: int, upsampler: bool, concats: dict | None = None):
+def _rewrites(model, ranges: dict, names: dict, copies: int, upsampler: bool, concats: dict | None = None,
+              tied: dict | None = None):
     """([(conv path, rewrite of its (weight, bias)), ...] in the order they apply, the ranges of the
     rewritten int8 graph, a description). A path may be rewritten twice (x2: the upsampler's only
     conv reads the tail's copies and writes its own). concats: {DRAG index: its concatenation's
     tensor name}, every DRAG, to carry `copies` times as well; their shifts go in the description
-    ("concat_shifts", in DRAG order) for the model's Concat modules."""
+    ("concat_shifts", in DRAG order) for the model's Concat modules. tied: qat.tied_inputs of the
+    model's simulation (the concatenations' inputs take their widened range)."""
     d_k, d_t, miss = _shifts(ranges, names, copies)
     steps = [("skip_head", _copied_outputs(copies, d_k)), ("tail", _copied_outputs(copies, d_t)),
              ("upsampler.convs.0", _averaged_inputs(copies))]
@@ -207,7 +211,7 @@ def _rewrites(model, ranges: dict, names: dict, copies: int, upsampler: bool, co
         for i, name in sorted(concats.items()):
             d_c = _spread(ranges[name], copies)
             widened = _with_shift(ranges[name], d_c)
-            for tensor in [name] + [t for t in ranges if t.startswith(f"{name}_in")]:
+            for tensor in [name] + [t for t, owner in (tied or {}).items() if owner == name and t in ranges]:
                 new_ranges[tensor] = widened
             steps.append((f"body.{i}.fuse", _averaged_chunks(copies, model.body[i].fuse.in_channels
                                                              // (model.body[i].n_blocks + 1))))
@@ -263,14 +267,13 @@ def _with_ranges(names: dict, ranges: dict) -> dict:
     return names
 
 
-def _checked_names(model, ranges: dict, upsampler: bool) -> dict[str, str]:
-    """direct_path_tensors(model, upsampler), each of them required in ranges."""
-    return _with_ranges(direct_path_tensors(model, upsampler), ranges)
-
-
-def _checked_concatenations(model, ranges: dict) -> dict[int, str]:
-    """concatenation_tensors(model), each of them required in ranges."""
-    return _with_ranges(concatenation_tensors(model), ranges)
+def _found_tensors(model, ranges: dict, upsampler: bool, concatenations: bool):
+    """(direct_path_tensors, concatenation_tensors or None, qat.tied_inputs) of one trace of the
+    model, each tensor required in ranges."""
+    sim = qat.prepare(model)
+    names = _with_ranges(direct_path_tensors(model, upsampler, sim), ranges)
+    concats = _with_ranges(concatenation_tensors(model, sim), ranges) if concatenations else None
+    return names, concats, qat.tied_inputs(sim)
 
 
 def stagger_direct_path(model, ranges: dict[str, list[float]], copies: int = 2, upsampler: bool = False,
@@ -289,11 +292,10 @@ def stagger_direct_path(model, ranges: dict[str, list[float]], copies: int = 2, 
     The model is copied, not changed; with copies=1 it comes back as it is."""
     if not 1 <= copies <= MAX_COPIES:
         raise ValueError(f"copies must be 1 to {MAX_COPIES}, not {copies}")
-    names = _checked_names(model, ranges, upsampler)
+    names, concats, tied = _found_tensors(model, ranges, upsampler, concatenations)
     if copies == 1:
         return model, dict(ranges), {"copies": 1}
-    concats = _checked_concatenations(model, ranges) if concatenations else None
-    steps, new_ranges, about = _rewrites(model, ranges, names, copies, upsampler, concats)
+    steps, new_ranges, about = _rewrites(model, ranges, names, copies, upsampler, concats, tied)
     return _rewritten_model(model, steps, concat_shifts=about.get("concat_shifts")), new_ranges, about
 
 
@@ -317,9 +319,8 @@ class StaggeredSimulation(nn.Module):
         if not 2 <= copies <= MAX_COPIES:
             raise ValueError(f"copies must be 2 to {MAX_COPIES}, not {copies}")
         ranges = qat.ranges(scored)
-        names = _checked_names(model, ranges, upsampler)
-        concats = _checked_concatenations(model, ranges) if concatenations else None
-        self.steps, new_ranges, self.about = _rewrites(model, ranges, names, copies, upsampler, concats)
+        names, concats, tied = _found_tensors(model, ranges, upsampler, concatenations)
+        self.steps, new_ranges, self.about = _rewrites(model, ranges, names, copies, upsampler, concats, tied)
         self.split = self.about["tensors"] + self.about.get("concatenations", [])
         staggered = _rewritten_model(model, self.steps, share_parameters=True,
                                      concat_shifts=self.about.get("concat_shifts"))
@@ -331,12 +332,13 @@ class StaggeredSimulation(nn.Module):
     def _share_ranges(self, scored, split: set[str]):
         """Round every tensor but the split ones on scored's range objects."""
         own = qat.act_quants(scored)
+        tied = qat.tied_inputs(self.sim)
         for name in qat.act_quants(self.sim):
             if name not in split:
                 parent, _, leaf = name.rpartition(".")
                 setattr(self.sim.get_submodule(parent) if parent else self.sim, leaf, own[name])
         for name, m in self.sim.named_modules():
-            if isinstance(m, qat.TiedQuant) and name.rsplit("_in", 1)[0] not in split:
+            if isinstance(m, qat.TiedQuant) and tied[name] not in split:
                 m.__dict__["owner"] = scored.get_submodule(name).owner
 
     def forward(self, x):

@@ -442,9 +442,9 @@ def main(argv=None):
 def hold_staggered_ranges(model, scored, upsampler: bool, concatenations: bool = False) -> list[str]:
     """Freeze the ranges of the tensors --stagger copies (core/stagger.py names them); returns their names."""
     try:
-        held = sorted(stagger.direct_path_tensors(model, upsampler=upsampler).values())
+        held = sorted(stagger.direct_path_tensors(model, upsampler=upsampler, sim=scored).values())
         if concatenations:
-            held = sorted(held + list(stagger.concatenation_tensors(model).values()))
+            held = sorted(held + list(stagger.concatenation_tensors(model, sim=scored).values()))
     except ValueError as exc:
         raise TrainingError(f"--stagger / --qat-hold-staggered: {exc}") from None
     # freezing stops their learning (no gradient reaches them) and keeps their carried range exactly

@@ -292,7 +292,7 @@ def test_concatenation_copies_keep_the_float_function_through_the_export(x4_qat)
         assert torch.allclose(deploy_model(staggered, decompose_prelu=True)(x), want, atol=1e-5)
     # the concatenations (and their requantized inputs, which share their range) widen, and the direct path
     changed = {n for n in ranges if new_ranges[n] != ranges[n]}
-    tied = {n for n in ranges if "_in" in n and n.rsplit("_in", 1)[0] in concat.values()}
+    tied = {n for n, owner in qat.tied_inputs(qat.prepare(model)).items() if owner in concat.values()}
     assert changed == set(direct_path_tensors(model).values()) | set(concat.values()) | tied
     assert len(tied) == sum(d.n_blocks + 1 for d in model.body)
 
@@ -308,8 +308,9 @@ def test_concatenation_copies_round_it_on_a_finer_grid(x4_qat):
     def error(m, r):
         sim = qat.prepare(m)
         qat.load_ranges(sim, r)
+        tied = qat.tied_inputs(sim)
         for n, mod in rounded_parts(sim):
-            mod.mode = "quantize" if n in concat or n.rsplit("_in", 1)[0] in concat else "off"
+            mod.mode = "quantize" if n in concat or tied.get(n) in concat else "off"
         with torch.no_grad():
             return float(((sim.eval()(x) - want) ** 2).mean())
 
