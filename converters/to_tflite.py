@@ -49,6 +49,7 @@ from .export import PRELU_FORMS
 from .tflite import build_saved_model, convert_mode, convert_qat, load_qat
 from ..core.equalize import equalize_direct_path
 from ..core.stagger import MAX_COPIES, stagger_direct_path
+from ..core.stagger import flags as stagger_flags, flags_problem as stagger_flags_problem
 from ..edge_runtime.backends import open_backend
 from ..edge_runtime.contract import (PRECISIONS, PTQ, QAT, TFLITE_MODES, argtype, parse_count, parse_threads,
                                      stagger_tag)
@@ -104,13 +105,11 @@ def main(argv=None):
     common.quiet_startup(args.verbose)
     if args.qat and args.prelu != "sub":
         ap.error("--qat needs --prelu sub, the spelling fine-tuning simulates")
-    if not 1 <= args.stagger <= MAX_COPIES:
-        ap.error(f"--stagger must be 1 to {MAX_COPIES}")
+    problem = stagger_flags_problem(args.stagger, args.stagger_upsampler, args.stagger_concat)
+    if problem:
+        ap.error(problem)
     if args.stagger != 1 and not args.qat:
         ap.error("--stagger needs --qat CKPT: the copies' shifts follow from the checkpoint's learned int8 ranges")
-    for flag, on in (("--stagger-upsampler", args.stagger_upsampler), ("--stagger-concat", args.stagger_concat)):
-        if on and args.stagger == 1:
-            ap.error(f"{flag} needs --stagger K (2 or more copies)")
     model, blob, weights = common.load_reference(args)
     qat_model, qat_ranges_, qat_about = load_qat(args.qat, args) if args.qat else (None, None, None)
     trained_for = (qat_about or {}).get("trained_stagger")
@@ -118,12 +117,9 @@ def main(argv=None):
                         bool(trained_for.get("concatenations"))) != (
             args.stagger, args.stagger_upsampler, args.stagger_concat):
         # the weights fit the graph they were fine-tuned through best; another one still converts
-        def flags(copies, upsampler, concat):
-            return f"--stagger {copies}" + (" --stagger-upsampler" if upsampler else "") + (
-                " --stagger-concat" if concat else "")
         print(f"note: {args.qat} was fine-tuned for "
-              f"{flags(trained_for.get('copies'), trained_for.get('upsampler'), trained_for.get('concatenations'))}"
-              f"; converting with {flags(args.stagger, args.stagger_upsampler, args.stagger_concat)}")
+              f"{stagger_flags(trained_for.get('copies'), trained_for.get('upsampler'), trained_for.get('concatenations'))}"
+              f"; converting for {stagger_flags(args.stagger, args.stagger_upsampler, args.stagger_concat)}")
     stagger = None
     if args.stagger != 1:
         try:

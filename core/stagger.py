@@ -32,6 +32,25 @@ from .model import Concat, pixel_shuffle_dcr
 MAX_COPIES = 4
 
 
+def flags_problem(copies: int, upsampler: bool, concatenations: bool) -> str | None:
+    """What a --stagger K [--stagger-upsampler] [--stagger-concat] request gets wrong, or None:
+    the one check the converter, the trainer and eval/int8_budget.py make before any work."""
+    if not 1 <= copies <= MAX_COPIES:
+        return f"--stagger must be 1 to {MAX_COPIES}, not {copies}"
+    for flag, on in (("--stagger-upsampler", upsampler), ("--stagger-concat", concatenations)):
+        if on and copies == 1:
+            return f"{flag} needs --stagger K (2 or more copies)"
+    return None
+
+
+def flags(copies: int, upsampler: bool = False, concatenations: bool = False) -> str:
+    """The command-line spelling of a staggered graph, for messages and logs."""
+    if copies == 1:
+        return "the plain graph (no --stagger)"
+    return (f"--stagger {copies}" + (" --stagger-upsampler" if upsampler else "")
+            + (" --stagger-concat" if concatenations else ""))
+
+
 def direct_path_tensors(model, upsampler: bool = False, sim=None) -> dict[str, str]:
     """The simulated int8 tensors (core/qat.py names) that the copies split: the skip head conv's
     output, the tail conv's and their sum's, and with upsampler=True the upsampler's last conv

@@ -463,11 +463,11 @@ def train(args, argv=None):
         raise TrainingError("--qat-ranges learned needs --qat")
     if args.qat_hold_staggered and args.qat_ranges != "learned":
         raise TrainingError("--qat-hold-staggered needs --qat --qat-ranges learned")
-    if args.stagger != 1 and not (args.qat and 2 <= args.stagger <= stagger.MAX_COPIES):
-        raise TrainingError(f"--stagger needs --qat and 2 to {stagger.MAX_COPIES} copies")
-    for flag, on in (("--stagger-upsampler", args.stagger_upsampler), ("--stagger-concat", args.stagger_concat)):
-        if on and args.stagger == 1:
-            raise TrainingError(f"{flag} needs --stagger K (2 or more copies)")
+    problem = stagger.flags_problem(args.stagger, args.stagger_upsampler, args.stagger_concat)
+    if problem:
+        raise TrainingError(problem)
+    if args.stagger != 1 and not args.qat:
+        raise TrainingError("--stagger needs --qat: the copies' shifts follow from int8 ranges")
     if args.stagger != 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise TrainingError("--stagger trains on one device (not under torchrun)")
     if args.distill_weighting != "uniform" and not (args.teacher and args.loss == "l2"):
@@ -564,9 +564,8 @@ def train(args, argv=None):
                                                       args.stagger_concat)
             except ValueError as exc:
                 raise TrainingError(f"--stagger: {exc}") from None
-            log(f"training through the int8 simulation of the --stagger {args.stagger}"
-                f"{' --stagger-upsampler' if args.stagger_upsampler else ''}"
-                f"{' --stagger-concat' if args.stagger_concat else ''} graph")
+            log("training through the int8 simulation of the "
+                f"{stagger.flags(args.stagger, args.stagger_upsampler, args.stagger_concat)} graph")
         net = torch.nn.parallel.DistributedDataParallel(scored) if ddp else trained
         args.amp = "off"   # rounding to int8 steps needs fp32 arithmetic
     if resume.is_file():

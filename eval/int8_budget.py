@@ -78,9 +78,10 @@ def parse_args(argv=None):
                     help="write the rows and tensors here too, unrounded (JSON), for comparisons finer than "
                          "the report's 0.001 dB")
     args = ap.parse_args(argv)
-    for flag, on in (("--stagger-upsampler", args.stagger_upsampler), ("--stagger-concat", args.stagger_concat)):
-        if on and args.stagger == 1:   # before any image is read
-            ap.error(f"{flag} needs --stagger K (2 or more copies)")
+    from ..core.stagger import flags_problem
+    problem = flags_problem(args.stagger, args.stagger_upsampler, args.stagger_concat)
+    if problem:   # before any image is read
+        ap.error(problem)
     return args
 
 

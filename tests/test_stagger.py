@@ -8,7 +8,8 @@ import torch
 from conftest import CONVERT_TILE, SHIPPED_X4, run_tool
 from drsan_kit.core import qat
 from drsan_kit.core.checkpoint import load_checkpoint
-from drsan_kit.core.stagger import concatenation_tensors, direct_path_tensors, stagger_direct_path
+from drsan_kit.core.stagger import concatenation_tensors, direct_path_tensors, flags_problem, stagger_direct_path
+from drsan_kit.core.stagger import flags as stagger_flags
 from drsan_kit.eval.int8_budget import rounded_parts
 
 
@@ -326,3 +327,14 @@ def test_stagger_concat_needs_stagger(tmp_path):
                         SHIPPED_X4.with_name("drsan_32s_x4_qat.pt"), "--stagger-concat", *extra, check=False)
         assert proc.returncode != 0 and "--stagger-concat needs --stagger" in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+
+
+def test_stagger_flags_are_checked_and_spelled_in_one_place():
+    """The converter, the trainer and eval/int8_budget.py share this check and spelling."""
+    assert flags_problem(1, False, False) is None and flags_problem(4, True, True) is None
+    assert "--stagger must be 1 to 4, not 5" == flags_problem(5, False, False)
+    assert "not 0" in flags_problem(0, False, False)
+    assert flags_problem(1, True, False) == "--stagger-upsampler needs --stagger K (2 or more copies)"
+    assert flags_problem(1, False, True) == "--stagger-concat needs --stagger K (2 or more copies)"
+    assert stagger_flags(2, True, True) == "--stagger 2 --stagger-upsampler --stagger-concat"
+    assert stagger_flags(3) == "--stagger 3" and "no --stagger" in stagger_flags(1)
