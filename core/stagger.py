@@ -226,7 +226,7 @@ def _rewrites(model, ranges: dict, names: dict, copies: int, upsampler: bool, co
         about["upsampler"] = True
         about["shifts"]["upsampler"] = round(d_u, 6)
     if concats:
-        about["concat_shifts"] = []
+        about["concat_shifts"], about["shifts"]["concatenations"] = [], {}
         for i, name in sorted(concats.items()):
             d_c = _spread(ranges[name], copies)
             widened = _with_shift(ranges[name], d_c)
@@ -235,8 +235,8 @@ def _rewrites(model, ranges: dict, names: dict, copies: int, upsampler: bool, co
             steps.append((f"body.{i}.fuse", _averaged_chunks(copies, model.body[i].fuse.in_channels
                                                              // (model.body[i].n_blocks + 1))))
             about["concat_shifts"].append([float(v) for v in torch.linspace(-d_c, d_c, copies)])
+            about["shifts"]["concatenations"][name] = round(about["concat_shifts"][-1][-1], 6)
         about["concatenations"] = sorted(concats.values())
-        about["shifts"]["concatenations"] = {concats[i]: round(v[-1], 6) for i, v in enumerate(about["concat_shifts"])}
     return steps, new_ranges, about
 
 
@@ -286,10 +286,11 @@ def _with_ranges(names: dict, ranges: dict) -> dict:
     return names
 
 
-def _found_tensors(model, ranges: dict, upsampler: bool, concatenations: bool):
+def _found_tensors(model, ranges: dict, upsampler: bool, concatenations: bool, sim=None):
     """(direct_path_tensors, concatenation_tensors or None, qat.tied_inputs) of one trace of the
-    model, each tensor required in ranges."""
-    sim = qat.prepare(model)
+    model (sim, its qat.prepare, if already made), each tensor required in ranges."""
+    if sim is None:
+        sim = qat.prepare(model)
     names = _with_ranges(direct_path_tensors(model, upsampler, sim), ranges)
     concats = _with_ranges(concatenation_tensors(model, sim), ranges) if concatenations else None
     return names, concats, qat.tied_inputs(sim)
@@ -338,7 +339,7 @@ class StaggeredSimulation(nn.Module):
         if not 2 <= copies <= MAX_COPIES:
             raise ValueError(f"copies must be 2 to {MAX_COPIES}, not {copies}")
         ranges = qat.ranges(scored)
-        names, concats, tied = _found_tensors(model, ranges, upsampler, concatenations)
+        names, concats, tied = _found_tensors(model, ranges, upsampler, concatenations, sim=scored)
         self.steps, new_ranges, self.about = _rewrites(model, ranges, names, copies, upsampler, concats, tied)
         self.split = self.about["tensors"] + self.about.get("concatenations", [])
         staggered = _rewritten_model(model, self.steps, share_parameters=True,

@@ -628,8 +628,8 @@ def train(args, argv=None):
                             else None),
                 "graph": "int8 TFLite, PReLU spelled sub, concatenation inputs requantized",
                 "validation": "int8 simulation" + (
-                    f" of the --stagger {args.stagger}{' --stagger-upsampler' if args.stagger_upsampler else ''}"
-                    f"{' --stagger-concat' if args.stagger_concat else ''} graph" if args.stagger != 1 else "")}
+                    f" of the {stagger.flags(args.stagger, args.stagger_upsampler, args.stagger_concat)} graph"
+                    if args.stagger != 1 else "")}
 
     def save_all():
         if rank != 0:
